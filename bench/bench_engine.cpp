@@ -1,0 +1,78 @@
+// Engine benchmarks (Google Benchmark): every router's forward+backward side by side (KERN must cost
+// what softmax costs), the MoE layer, and a whole training step of the demo configuration.
+// Run: build/bench_engine [--benchmark_filter=Router]
+#include <benchmark/benchmark.h>
+
+#include "engine/config/job_config.hpp"
+#include "engine/model/gpt.hpp"
+
+using namespace moelab;
+
+namespace {
+
+// The paper's layer shape: 4096 tokens, d 768, 64 experts, top-8, size 384.
+ModelConfig paper_layer(const std::string& router) {
+  ModelConfig m;
+  m.router = router;
+  if (router == "kern_after_topk") m.router = "kern", m.kern.after_topk = true;
+  return m;
+}
+
+void RouterForwardBackward(benchmark::State& state, const std::string& router) {
+  torch::manual_seed(0);
+  auto config = paper_layer(router);
+  Router r(config, 0);
+  auto x = torch::randn({4096, config.d_model}, torch::requires_grad());
+  for (auto _ : state) {
+    auto routing = r(x);
+    (routing.gate.sum() + routing.aux_loss).backward();
+    benchmark::DoNotOptimize(x.grad().data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * x.size(0));
+}
+
+void MoeLayerForwardBackward(benchmark::State& state) {
+  torch::manual_seed(0);
+  auto config = paper_layer("kern");
+  config.d_model = 256, config.expert_size = 128;  // the paper's 64-8 routing at a CPU-sized width
+  MoeLayer layer(config, 0);
+  auto x = torch::randn({1, state.range(0), config.d_model}, torch::requires_grad());
+  for (auto _ : state) {
+    auto aux = torch::zeros({});
+    layer(x, aux).sum().backward();
+    benchmark::DoNotOptimize(x.grad().data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+// One optimizer step of sweeps/jobs/demo-tiny.json on random tokens; items are tokens.
+void DemoTrainStep(benchmark::State& state, const std::string& router) {
+  auto config = load_job_config(std::string(MOELAB_SOURCE_DIR) + "/sweeps/jobs/demo-tiny.json");
+  config.model.router = router;
+  torch::manual_seed(0);
+  Gpt model(config.model, 0);
+  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.train.lr));
+  auto tokens = torch::randint(config.model.vocab_size, {config.train.micro_batch, config.model.seq_len + 1});
+  auto inputs = tokens.narrow(1, 0, config.model.seq_len), targets = tokens.narrow(1, 1, config.model.seq_len);
+  for (auto _ : state) {
+    optimizer.zero_grad();
+    model->loss(inputs, targets).backward();
+    optimizer.step();
+  }
+  state.SetItemsProcessed(state.iterations() * inputs.numel());
+}
+
+}  // namespace
+
+BENCHMARK_CAPTURE(RouterForwardBackward, softmax, std::string("softmax"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kern, std::string("kern"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kern_after_topk, std::string("kern_after_topk"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, sigmoid, std::string("sigmoid"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, tanh, std::string("tanh"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kmeans, std::string("kmeans"))->Unit(benchmark::kMillisecond);
+BENCHMARK(MoeLayerForwardBackward)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(DemoTrainStep, kern, std::string("kern"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(DemoTrainStep, softmax, std::string("softmax"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(DemoTrainStep, dense, std::string("dense"))->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();

@@ -1,0 +1,111 @@
+// The SQLite store (DESIGN.md "SQLite store"): the one place that speaks SQL for writes.
+// One file, WAL mode, a busy timeout, schema version in PRAGMA user_version, migrations in
+// db/migrations.cpp applied on open. Writers upsert on the natural keys so a resumed job never
+// duplicates a row (a re-run step replaces the row it wrote before the interruption).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace moelab {
+
+struct StoreError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct JobRow {
+  std::string id;            // content hash of the resolved config
+  std::string name;
+  std::string sweep;         // sweep name, "" for a job run on its own
+  std::string config_json;   // canonical resolved config
+  std::string axes_json = "{}";  // dotted path -> value, as chosen by the sweep
+  int total_steps = 0;
+};
+
+struct MetricRow {
+  std::string job_id;
+  int64_t step = 0;
+  std::string split;         // "train" | "val"
+  double loss = 0;
+  int64_t tokens = 0;        // tokens seen up to and including this step
+  double lr = 0;
+  double grad_norm = 0;      // train rows; NaN-free, 0 for val
+  double tokens_per_s = 0;
+  double wall_time = 0;      // seconds since the job's first start
+};
+
+struct RoutingRow {
+  std::string job_id;
+  int64_t step = 0;
+  int layer = 0;
+  std::vector<double> expert_fraction;  // fraction of routed token slots per expert, sums to 1
+  double load_std = 0;                  // std of expert_fraction
+  double load_max_over_mean = 0;
+  int dead_experts = 0;                 // experts that got no token
+  double positive_gates = 0;            // mean number of gates > 0 per token
+  double router_cosine = 0;             // mean pairwise cosine similarity of router weight rows
+};
+
+struct CheckpointRow {
+  std::string job_id;
+  int64_t step = 0;
+  std::string path;
+  std::string sha256;
+};
+
+struct EvalRow {
+  std::string job_id;
+  int64_t step = 0;
+  std::string task, metric;  // e.g. "arc_easy", "acc_norm"
+  double value = 0;
+  std::optional<double> stderr_value;
+  int64_t samples = 0;
+  std::string source;        // where the task data came from; "fixture:..." marks fixture data
+};
+
+class Store {
+ public:
+  // Opens (creating the file and parent directory if needed) and migrates to the newest schema.
+  // Throws StoreError naming the path when it cannot be opened or is not a moelab store.
+  explicit Store(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  static int schema_version();   // the newest version migrations produce
+  int user_version() const;      // the file's PRAGMA user_version
+  const std::string& path() const { return path_; }
+
+  // Inserts the job or, if it exists, leaves its config and refreshes name/sweep/axes/total_steps.
+  void upsert_job(const JobRow& job);
+  // status: queued|running|done|failed|interrupted|cancelled. Sets started_at on running,
+  // finished_at on terminal states; increments attempts on running; error may be empty.
+  void set_job_status(const std::string& job_id, const std::string& status,
+                      const std::string& error = "", std::optional<int> exit_code = std::nullopt);
+  std::optional<std::string> job_status(const std::string& job_id) const;
+
+  void put_metric(const MetricRow& row);
+  void put_routing(const RoutingRow& row);
+  void put_checkpoint(const CheckpointRow& row);
+  void put_eval(const EvalRow& row);
+  void log_event(const std::string& job_id, const std::string& level, const std::string& message);
+
+  // Runs fn inside BEGIN IMMEDIATE ... COMMIT, rolling back if it throws.
+  void transaction(const std::function<void()>& fn);
+
+  // Read helpers for tests and reports: rows of a read-only query as strings (NULL -> "").
+  std::vector<std::vector<std::string>> query(const std::string& sql) const;
+
+ private:
+  void exec(const std::string& sql) const;
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace moelab

@@ -1,0 +1,114 @@
+// A job's resolved configuration: the contract that sweep specs, the CLI, the store and tests share
+// (DESIGN.md "A job's config"). Parsing is strict: unknown keys and wrong types are errors naming the
+// JSON path; missing keys take the defaults below. `granularity` is already applied in the resolved
+// experts/top_k/expert_size accessors.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+// Raised for any invalid configuration; what() starts with the JSON path of the offending field.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class RouterKind { Dense, Softmax, Sigmoid, Tanh, Kern, KMeans };
+enum class Balance { None, AuxLoss, AuxFree };
+
+struct KernOptions {
+  bool relu = true;
+  bool after_topk = false;
+  std::string init = "one";  // "one" | "monte_carlo"
+};
+
+struct ModelConfig {
+  int vocab_size = 50257;
+  int seq_len = 512;
+  int layers = 12;
+  int d_model = 768;
+  int heads = 12;
+  std::string router = "kern";  // canonical name: dense|softmax|sigmoid|tanh|kern|kmeans
+  int experts = 64;             // before granularity
+  int top_k = 8;                // before granularity
+  int expert_size = 384;        // before granularity
+  int granularity = 1;
+  int dense_size = 0;           // dense FFN width; 0 means 4 * d_model
+  bool renormalize = false;     // rescale the k kept gates to sum to 1
+  std::string balance = "none"; // none|aux_loss|aux_free
+  double aux_loss_coef = 0.0;
+  double z_loss_coef = 0.0;
+  double bias_update_rate = 1e-3;  // aux_free and kmeans: bias step per update, by sign of load error
+  double centroid_decay = 0.99;    // kmeans: EMA decay of expert centroids
+  KernOptions kern;
+
+  RouterKind router_kind() const;
+  Balance balance_kind() const;
+  bool is_moe() const { return router_kind() != RouterKind::Dense; }
+  int total_experts() const { return experts * granularity; }
+  int active_experts() const { return top_k * granularity; }
+  int expert_hidden() const { return expert_size / granularity; }
+  int dense_hidden() const { return dense_size > 0 ? dense_size : 4 * d_model; }
+  // A name for tables: kern variants get their own label (kern_no_relu, kern_after_topk, kern_mc).
+  std::string router_label() const;
+};
+
+struct TrainConfig {
+  int steps = 50000;
+  int batch_size = 256;
+  int micro_batch = 32;
+  double lr = 6e-4;
+  int warmup = 2000;
+  double min_lr = 6e-5;
+  double beta1 = 0.9, beta2 = 0.95;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+  std::string precision = "bf16";  // fp32|bf16|fp16 (autocast on CUDA; CPU always computes in fp32)
+  int log_every = 10;
+  int eval_every = 5000;
+  int eval_batches = 100;
+  int checkpoint_every = 1000;
+  int keep_checkpoints = 3;
+  std::string device = "auto";     // auto|cpu|cuda
+  int threads = 0;                 // CPU intra-op threads; 0 keeps LibTorch's default
+
+  int accumulation_steps() const { return batch_size / micro_batch; }
+};
+
+struct DataConfig {
+  std::string train = "data/books3/train.bin";
+  std::string val = "data/books3/val.bin";
+  std::string tokenizer = "gpt2";
+};
+
+struct JobConfig {
+  std::string name = "job";
+  long long seed = 0;
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+
+  // Canonical resolved JSON (every key, fixed order) and its hash: a job's identity.
+  nlohmann::json to_json() const;
+  std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less train.device/threads
+};
+
+// Parses and validates; throws ConfigError naming the JSON path. Router aliases
+// ("kern_no_relu", "kern_after_topk") resolve to "kern" with the matching kern options.
+JobConfig parse_job_config(const nlohmann::json& j);
+JobConfig load_job_config(const std::string& path);
+nlohmann::json read_json_file(const std::string& path);  // throws ConfigError naming the file
+
+// Sets a dotted path ("model.router") in a config object, creating objects on the way: the same
+// addressing sweep axes use. `assignment` is "path=value"; value is JSON, or a bare string.
+void apply_override(nlohmann::json& config, const std::string& assignment);
+
+// Cross-field checks (top_k <= experts, divisibility, ...); parse_job_config calls it.
+void validate(const JobConfig& c);
+
+std::string sha256_hex(const std::string& bytes);
+
+}  // namespace moelab

@@ -1,0 +1,33 @@
+// `moelab train`: one job from config to loss rows, routing statistics and checkpoints.
+#pragma once
+
+#include <string>
+
+#include "engine/config/job_config.hpp"
+
+namespace moelab {
+
+// Exit codes a job ends with; the runner reads them.
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitBadInput = 2,      // config, data or checkpoint problems found before training starts
+  kExitDiverged = 3,      // a non-finite loss stopped the job (recorded in the store)
+  kExitInterrupted = 75,  // SIGINT/SIGTERM: a checkpoint was written, `--resume` continues
+};
+
+struct TrainOptions {
+  std::string db_path = "runs/moelab.db";
+  std::string run_dir;      // checkpoints; default runs/<job id>
+  bool resume = false;      // continue from the newest checkpoint in run_dir if there is one
+  bool progress = true;     // the live progress line on stderr
+  int stop_after = 0;       // test hook: behave as if interrupted after this step (0: never)
+};
+
+// Trains the job; returns an ExitCode. Throws (ConfigError, CheckpointError, runtime_error) on bad
+// input before anything is written to the store.
+int train_job(const JobConfig& config, const TrainOptions& options);
+
+// Installs SIGINT/SIGTERM handlers that ask the running job to checkpoint and stop.
+void install_stop_handlers();
+
+}  // namespace moelab

@@ -1,0 +1,138 @@
+#include "runner/cli.hpp"
+
+#include <boost/program_options.hpp>
+
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <map>
+
+#include "engine/config/job_config.hpp"
+#include "engine/data/token_file.hpp"
+#include "engine/model/gpt.hpp"
+#include "engine/train/trainer.hpp"
+
+namespace moelab {
+namespace po = boost::program_options;
+
+namespace {
+
+struct Command {
+  std::string summary;
+  std::function<int(const std::vector<std::string>&)> run;
+};
+
+// Parses `args` against `options` (plus --help); returns false if help was printed.
+bool parse(const std::vector<std::string>& args, const std::string& usage, po::options_description& options,
+           po::variables_map& vm, const po::positional_options_description& positional = {}) {
+  options.add_options()("help,h", "show this help");
+  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: moelab " << usage << "\n" << options << "\n";
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
+int data_prepare(const std::vector<std::string>& args) {
+  PrepareOptions opts;
+  po::options_description options("moelab data prepare");
+  options.add_options()
+      ("corpus", po::value(&opts.corpus)->required(), "built-in corpus name (austen) or a UTF-8 text file")
+      ("tokenizer", po::value(&opts.tokenizer)->default_value("gpt2"), "gpt2 | bytes")
+      ("out", po::value(&opts.out_dir)->required(), "output directory for train.bin, val.bin, meta.json")
+      ("val-fraction", po::value(&opts.val_fraction)->default_value(0.1), "share of the text held out for validation");
+  po::variables_map vm;
+  if (!parse(args, "data prepare --corpus NAME|PATH --out DIR [--tokenizer gpt2|bytes]", options, vm)) return 0;
+  auto summary = prepare_dataset(opts);
+  std::printf("wrote %s: %llu train tokens, %llu val tokens\n", summary.meta_path.c_str(),
+              (unsigned long long)summary.train_tokens, (unsigned long long)summary.val_tokens);
+  return 0;
+}
+
+int params(const std::vector<std::string>& args) {
+  std::string config_path;
+  po::options_description options("moelab params");
+  options.add_options()("config", po::value(&config_path)->required(), "job config JSON")("json", "print JSON");
+  po::variables_map vm;
+  if (!parse(args, "params --config FILE [--json]", options, vm)) return 0;
+  auto config = load_job_config(config_path);
+  auto size = model_size(config.model);
+  nlohmann::json out{{"total_params", size.total_params},
+                     {"active_params", size.active_params},
+                     {"flops_per_token", size.flops_per_token}};
+  if (vm.count("json")) {
+    std::cout << out.dump() << "\n";
+  } else {
+    std::printf("%s (%s): %.1fM total, %.1fM active parameters, %.2f GFLOP per training token\n", config.name.c_str(),
+                config.model.router_label().c_str(), size.total_params / 1e6, size.active_params / 1e6,
+                size.flops_per_token / 1e9);
+  }
+  return 0;
+}
+
+int train(const std::vector<std::string>& args) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  TrainOptions opts;
+  po::options_description options("moelab train");
+  options.add_options()
+      ("config", po::value(&config_path)->required(), "job config JSON")
+      ("set", po::value(&overrides)->composing(), "PATH=VALUE: override a config field, e.g. model.router=softmax")
+      ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
+      ("run-dir", po::value(&opts.run_dir), "checkpoint directory (default runs/<job id>)")
+      ("resume", po::bool_switch(&opts.resume), "continue from the newest checkpoint in --run-dir, if any")
+      ("stop-after", po::value(&opts.stop_after)->default_value(0), "checkpoint and stop after this step, as if interrupted")
+      ("quiet", "no progress line");
+  po::variables_map vm;
+  if (!parse(args, "train --config FILE [--db FILE] [--run-dir DIR] [--resume]", options, vm)) return 0;
+  opts.progress = !vm.count("quiet");
+  auto json = read_json_file(config_path);
+  for (auto& assignment : overrides) apply_override(json, assignment);
+  auto config = parse_job_config(json);
+  install_stop_handlers();
+  return train_job(config, opts);
+}
+
+const std::map<std::string, Command>& commands() {
+  static const std::map<std::string, Command> table = {
+      {"data", {"data prepare: tokenize a corpus into token files", [](const std::vector<std::string>& a) {
+                  if (a.empty() || a[0] != "prepare") throw std::runtime_error("usage: moelab data prepare ...");
+                  return data_prepare({a.begin() + 1, a.end()});
+                }}},
+      {"params", {"parameter counts and FLOPs of a config", params}},
+      {"train", {"train one job", train}},
+  };
+  return table;
+}
+
+void print_usage() {
+  std::cout << "usage: moelab <command> [options]\n\ncommands:\n";
+  for (auto& [name, command] : commands()) std::printf("  %-8s %s\n", name.c_str(), command.summary.c_str());
+  std::cout << "\n`moelab <command> --help` shows a command's options.\n";
+}
+
+}  // namespace
+
+int run_cli(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    print_usage();
+    return args.empty() ? kExitBadInput : 0;
+  }
+  auto it = commands().find(args[0]);
+  if (it == commands().end()) {
+    std::fprintf(stderr, "error: unknown command \"%s\"\n", args[0].c_str());
+    print_usage();
+    return kExitBadInput;
+  }
+  try {
+    return it->second.run({args.begin() + 1, args.end()});
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
+  }
+}
+
+}  // namespace moelab
+

@@ -1,0 +1,107 @@
+// The sort-based dispatch against a naive loop over tokens and their chosen experts, forward and
+// backward, for several expert counts, top-k and granularities; and the parameter counts.
+#include <gtest/gtest.h>
+
+#include "engine/model/gpt.hpp"
+
+using namespace moelab;
+
+namespace {
+
+ModelConfig moe_config(int experts, int top_k, int expert_size, int granularity, const std::string& router = "softmax") {
+  ModelConfig m;
+  m.vocab_size = 50, m.seq_len = 16, m.layers = 2, m.d_model = 24, m.heads = 4;
+  m.router = router, m.experts = experts, m.top_k = top_k, m.expert_size = expert_size, m.granularity = granularity;
+  return m;
+}
+
+// out[t] = sum_j gate[t, j] * expert_{index[t, j]}(x[t]), one token and one expert at a time.
+torch::Tensor naive_moe(ExpertsImpl& experts, const torch::Tensor& x, const torch::Tensor& index, const torch::Tensor& gate) {
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    auto row = torch::zeros({1, x.size(1)});
+    for (int64_t j = 0; j < index.size(1); ++j)
+      row = row + gate[t][j] * experts.apply_expert(index[t][j].item<int>(), x[t].unsqueeze(0));
+    rows.push_back(row);
+  }
+  return torch::cat(rows);
+}
+
+}  // namespace
+
+class MoeDispatch : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
+
+TEST_P(MoeDispatch, MatchesNaivePerTokenLoop) {
+  auto [experts, top_k, granularity] = GetParam();
+  torch::manual_seed(experts * 100 + top_k * 10 + granularity);
+  auto config = moe_config(experts, top_k, 32, granularity);
+  MoeLayer layer(config, 1);
+  for (auto& p : layer->experts->parameters()) torch::nn::init::normal_(p, 0.0, 0.2);
+  auto x = torch::randn({37, config.d_model}, torch::requires_grad());
+  auto routing = layer->router(x);
+
+  auto fast = layer->experts(x, routing.expert_index, routing.gate);
+  auto upstream = torch::randn_like(fast);
+  auto grads = torch::autograd::grad({(fast * upstream).sum()}, {x, layer->experts->w_in, layer->experts->b_out,
+                                                                  layer->router->parameters()[0]},
+                                     /*grad_outputs=*/{}, /*retain_graph=*/true);
+  auto slow = naive_moe(*layer->experts, x, routing.expert_index, routing.gate);
+  auto slow_grads = torch::autograd::grad({(slow * upstream).sum()}, {x, layer->experts->w_in, layer->experts->b_out,
+                                                                       layer->router->parameters()[0]});
+  EXPECT_TRUE(torch::allclose(fast, slow, 1e-5, 1e-5)) << (fast - slow).abs().max();
+  for (size_t i = 0; i < grads.size(); ++i)
+    EXPECT_TRUE(torch::allclose(grads[i], slow_grads[i], 1e-5, 1e-5)) << "gradient " << i << ": "
+                                                                       << (grads[i] - slow_grads[i]).abs().max();
+  EXPECT_EQ(routing.expert_index.size(1), top_k * granularity);
+  EXPECT_EQ(layer->experts->w_in.size(0), experts * granularity);
+  EXPECT_EQ(layer->experts->w_in.size(2), 32 / granularity);
+}
+
+INSTANTIATE_TEST_SUITE_P(ExpertsTopKGranularity, MoeDispatch,
+                         ::testing::Values(std::tuple{4, 1, 1}, std::tuple{8, 2, 1}, std::tuple{8, 8, 1},
+                                           std::tuple{4, 2, 2}, std::tuple{16, 4, 4}));
+
+// Every router builds, routes and back-propagates through a whole model.
+TEST(Model, EveryRouterTrainsThroughTheModel) {
+  for (std::string router : {"dense", "softmax", "sigmoid", "tanh", "kern", "kmeans"}) {
+    torch::manual_seed(0);
+    auto config = moe_config(8, 2, 32, 1, router);
+    Gpt model(config, 0);
+    auto tokens = torch::randint(config.vocab_size, {2, 16});
+    auto loss = model->loss(tokens, tokens);
+    loss.backward();
+    EXPECT_TRUE(std::isfinite(loss.item<double>())) << router;
+    EXPECT_NEAR(loss.item<double>(), std::log(50.0), 0.5) << router << ": a fresh model predicts near uniformly";
+    EXPECT_EQ(model->moe_layers().size(), router == "dense" ? 0u : 2u);
+  }
+}
+
+// The analytic sizes agree with the parameters a built model really has.
+TEST(ModelSize, AgreesWithTheBuiltModel) {
+  for (std::string router : {"dense", "softmax", "kern", "kmeans"}) {
+    auto config = moe_config(8, 2, 32, 2, router);
+    Gpt model(config, 0);
+    int64_t counted = 0;
+    for (auto& p : model->parameters()) counted += p.numel();
+    auto size = model_size(config);
+    EXPECT_EQ(size.total_params, counted) << router;
+    if (router != "dense") {
+      const int64_t expert = 24 * 16 * 2 + 16 + 24;  // d x h twice, biases; h = 32 / granularity 2
+      EXPECT_EQ(size.total_params - size.active_params, 2 * (16 - 4) * expert) << router;
+    }
+  }
+}
+
+// The paper's 125M-active configuration: ~520M total, ~125M active; the dense twin ~125M.
+TEST(ModelSize, PaperConfigurations) {
+  ModelConfig moe;  // defaults are the paper's 125M: 12 x 768, 12 heads, 64 experts, top-8, 384, GPT-2 vocab
+  auto size = model_size(moe);
+  EXPECT_NEAR(size.total_params / 520e6, 1.0, 0.02) << size.total_params;
+  EXPECT_NEAR(size.active_params / 125e6, 1.0, 0.02) << size.active_params;
+  ModelConfig dense = moe;
+  dense.router = "dense";
+  EXPECT_NEAR(model_size(dense).total_params / 125e6, 1.0, 0.02);
+  EXPECT_EQ(model_size(dense).active_params, model_size(dense).total_params);
+  // Same active parameters up to the router: 8 x 384 = 3072 = 4 x 768.
+  EXPECT_NEAR(double(size.active_params) / model_size(dense).active_params, 1.0, 0.01);
+}

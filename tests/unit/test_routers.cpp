@@ -1,0 +1,141 @@
+// Router gate values on fixed logits against numbers worked out by hand, gradients against finite
+// differences in fp64, and KERN's Monte-Carlo scale against an independent estimate.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "engine/model/router.hpp"
+
+using namespace moelab;
+
+namespace {
+
+GateRule rule(RouterKind kind, int k, bool renormalize = false, KernOptions kern = {}) {
+  return GateRule{kind, k, renormalize, kern};
+}
+
+torch::Tensor logits() { return torch::tensor({1.0, 2.0, -1.0, 0.5}, torch::kFloat64).unsqueeze(0); }
+torch::Tensor kern_gamma(double g) { return torch::full({}, g, torch::kFloat64); }
+
+void expect_route(const Routing& r, std::vector<int64_t> index, std::vector<double> gate, double tol = 1e-6) {
+  ASSERT_EQ(r.expert_index.size(1), int64_t(index.size()));
+  for (size_t j = 0; j < index.size(); ++j) {
+    EXPECT_EQ(r.expert_index[0][j].item<int64_t>(), index[j]) << "slot " << j;
+    EXPECT_NEAR(r.gate[0][j].item<double>(), gate[j], tol) << "slot " << j;
+  }
+}
+
+}  // namespace
+
+// exp(1), exp(2), exp(-1), exp(0.5) = 2.718282, 7.389056, 0.367879, 1.648721; sum 12.123939.
+TEST(Router, SoftmaxKeepsTopProbabilities) {
+  expect_route(route_scores(logits(), rule(RouterKind::Softmax, 2), {}), {1, 0}, {0.609460, 0.224208});
+}
+
+// Renormalised over the two kept: e^2 / (e^2 + e^1) = sigmoid(1) = 0.731059.
+TEST(Router, SoftmaxRenormalisedSumsToOne) {
+  expect_route(route_scores(logits(), rule(RouterKind::Softmax, 2, true), {}), {1, 0}, {0.731059, 0.268941});
+}
+
+TEST(Router, SigmoidAndTanhGateTheKeptScores) {
+  expect_route(route_scores(logits(), rule(RouterKind::Sigmoid, 2), {}), {1, 0}, {0.880797, 0.731059});
+  expect_route(route_scores(logits(), rule(RouterKind::Tanh, 3), {}), {1, 0, 3}, {0.964028, 0.761594, 0.462117});
+}
+
+// ||s|| = sqrt(1 + 4 + 1 + 0.25) = 2.5; s / ||s|| = (0.4, 0.8, -0.4, 0.2); times gamma 1.5.
+TEST(Router, KernNormalisesRectifiesAndScales) {
+  expect_route(route_scores(logits(), rule(RouterKind::Kern, 2), kern_gamma(1.5)), {1, 0}, {1.2, 0.6});
+}
+
+// With k = 4 the fourth expert is still chosen although ReLU zeroed its gate.
+TEST(Router, KernKeepsZeroGatesAmongTheTopK) {
+  auto r = route_scores(logits(), rule(RouterKind::Kern, 4), kern_gamma(1.0));
+  expect_route(r, {1, 0, 3, 2}, {0.8, 0.4, 0.2, 0.0});
+  EXPECT_EQ((r.gate > 0).sum().item().toLong(), 3);
+}
+
+TEST(Router, KernWithoutReluKeepsNegativeGates) {
+  KernOptions no_relu{.relu = false};
+  expect_route(route_scores(logits(), rule(RouterKind::Kern, 4, false, no_relu), kern_gamma(1.0)), {1, 0, 3, 2},
+               {0.8, 0.4, 0.2, -0.4});
+}
+
+// s = (3, -4, 0.5, 0): before top-k ||s|| = sqrt(25.25); after top-2 only (3, 0.5) are normalised.
+TEST(Router, KernAfterTopKNormalisesOnlyTheKeptScores) {
+  auto s = torch::tensor({3.0, -4.0, 0.5, 0.0}, torch::kFloat64).unsqueeze(0);
+  KernOptions after{.after_topk = true};
+  const double kept_norm = std::sqrt(9.0 + 0.25), full_norm = std::sqrt(25.25);
+  expect_route(route_scores(s, rule(RouterKind::Kern, 2, false, after), kern_gamma(1.0)), {0, 2},
+               {3.0 / kept_norm, 0.5 / kept_norm});
+  expect_route(route_scores(s, rule(RouterKind::Kern, 2), kern_gamma(1.0)), {0, 2}, {3.0 / full_norm, 0.5 / full_norm});
+}
+
+// A selection bias changes which experts are chosen but the gates stay the unbiased KERN values.
+TEST(Router, SelectionBiasChoosesButDoesNotGate) {
+  auto bias = torch::tensor({0.0, 0.0, 0.0, 1.0}, torch::kFloat64);
+  expect_route(route_scores(logits(), rule(RouterKind::Kern, 2), kern_gamma(1.0), bias), {3, 1}, {0.2, 0.8});
+}
+
+TEST(Router, KMeansGatesAreUniformOverTheChosen) {
+  auto cosine = torch::tensor({0.1, 0.9, -0.3, 0.5}, torch::kFloat64).unsqueeze(0);
+  expect_route(route_scores(cosine, rule(RouterKind::KMeans, 2), {}), {1, 3}, {0.5, 0.5});
+}
+
+// d(sum w * gate) / d(scores, gamma) from autograd against central differences, fp64.
+TEST(Router, GradientsMatchFiniteDifferences) {
+  torch::manual_seed(3);
+  std::vector<GateRule> rules = {rule(RouterKind::Softmax, 3), rule(RouterKind::Softmax, 3, true),
+                                 rule(RouterKind::Sigmoid, 3), rule(RouterKind::Tanh, 3), rule(RouterKind::Kern, 3),
+                                 rule(RouterKind::Kern, 3, false, {.relu = false}),
+                                 rule(RouterKind::Kern, 3, false, {.after_topk = true})};
+  for (auto& r : rules) {
+    auto s = torch::randn({5, 8}, torch::kFloat64).requires_grad_(true);
+    auto g = torch::full({}, 1.3, torch::kFloat64).requires_grad_(true);
+    auto w = torch::randn({5, 3}, torch::kFloat64);
+    auto objective = [&](const torch::Tensor& scores, const torch::Tensor& gam) {
+      return (route_scores(scores, r, gam).gate * w).sum();
+    };
+    objective(s, g).backward();
+    const double h = 1e-6;
+    torch::NoGradGuard no_grad;
+    auto flat = s.detach().clone().flatten();
+    for (int64_t i = 0; i < flat.numel(); ++i) {
+      auto plus = flat.clone(), minus = flat.clone();
+      plus[i] += h, minus[i] -= h;
+      double numeric = (objective(plus.view({5, 8}), g).item<double>() - objective(minus.view({5, 8}), g).item<double>()) / (2 * h);
+      EXPECT_NEAR(s.grad().flatten()[i].item<double>(), numeric, 1e-6) << "router kind " << int(r.kind) << " score " << i;
+    }
+    if (r.kind == RouterKind::Kern) {
+      double numeric = (objective(s, g + h).item<double>() - objective(s, g - h).item<double>()) / (2 * h);
+      EXPECT_NEAR(g.grad().item<double>(), numeric, 1e-6);
+    }
+  }
+}
+
+// An estimate of E[1 / ||top-k(ReLU(y / ||y||))||_2] written with plain loops and another generator.
+TEST(Router, MonteCarloScaleAgreesWithAnIndependentEstimate) {
+  const int E = 16, k = 4, n = 40000;
+  std::mt19937_64 rng(12345);
+  std::normal_distribution<double> normal;
+  double sum = 0, sum_sq = 0;
+  int used = 0;
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> y(E);
+    double norm = 0;
+    for (auto& v : y) v = normal(rng), norm += v * v;
+    norm = std::sqrt(norm);
+    for (auto& v : y) v = std::max(0.0, v / norm);
+    std::partial_sort(y.begin(), y.begin() + k, y.end(), std::greater<>());
+    double kept = 0;
+    for (int j = 0; j < k; ++j) kept += y[j] * y[j];
+    if (kept == 0) continue;
+    double x = 1 / std::sqrt(kept);
+    sum += x, sum_sq += x * x, ++used;
+  }
+  const double mean = sum / used, standard_error = std::sqrt((sum_sq / used - mean * mean) / used);
+  const double ours = kern_monte_carlo_scale(E, rule(RouterKind::Kern, k), 20000, 7);
+  EXPECT_NEAR(ours, mean, 5 * standard_error * std::sqrt(1.0 + double(used) / 20000));
+  EXPECT_GT(ours, 1.0);  // the kept part of a unit vector has norm below 1
+}

@@ -1,0 +1,270 @@
+// `moelab train` end to end through the real binary, a real SQLite file and real token files made
+// from the embedded Austen corpus: exact resume, interruption, store rows, learning, bad input.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "db/store.hpp"
+#include "engine/data/token_file.hpp"
+#include "engine/train/trainer.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+// Runs the moelab binary with `args` (a shell fragment), capturing stdout+stderr and the exit code.
+Result moelab(const std::string& args) {
+  std::string command = std::string(MOELAB_BIN) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
+  int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
+}
+
+// A temp directory holding a bytes-tokenized slice of the Austen corpus, prepared once per test binary.
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("moelab_train_cli_" + std::to_string(getpid()));
+    fs::create_directories(root_);
+    std::ifstream corpus(moelab::resolve_corpus("austen"));
+    ASSERT_TRUE(corpus) << "the Austen corpus is missing: run scripts/setup.sh";
+    std::string text(400000, '\0');
+    corpus.read(text.data(), text.size());
+    text.resize(corpus.gcount());
+    std::ofstream(root_ / "slice.txt") << text;
+    auto r = moelab("data prepare --corpus " + (root_ / "slice.txt").string() + " --tokenizer bytes --out " +
+                    (root_ / "data").string());
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  // A tiny KERN model on the bytes data; `edit` changes fields before it is written.
+  static json tiny_config() {
+    return json{{"name", "tiny"},
+                {"seed", 1},
+                {"model",
+                 {{"vocab_size", 256}, {"seq_len", 32}, {"layers", 2}, {"d_model", 32}, {"heads", 4}, {"router", "kern"},
+                  {"experts", 4}, {"top_k", 2}, {"expert_size", 32}}},
+                {"train",
+                 {{"steps", 12}, {"batch_size", 8}, {"micro_batch", 4}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
+                  {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 2}, {"checkpoint_every", 4},
+                  {"keep_checkpoints", 3}, {"precision", "fp32"}, {"device", "cpu"}, {"threads", 1}}},
+                {"data",
+                 {{"train", (root_ / "data/train.bin").string()}, {"val", (root_ / "data/val.bin").string()},
+                  {"tokenizer", "bytes"}}}};
+  }
+
+  std::string write_config(const json& config, const std::string& name) {
+    auto path = root_ / (name + ".json");
+    std::ofstream(path) << config.dump(2);
+    return path.string();
+  }
+
+  std::string train_args(const std::string& config, const std::string& tag, const std::string& extra = "") {
+    return "train --quiet --config " + config + " --db " + (root_ / (tag + ".db")).string() + " --run-dir " +
+           (root_ / tag).string() + " " + extra;
+  }
+
+  static std::map<int64_t, std::string> losses(const std::string& tag, const std::string& split) {
+    moelab::Store store((root_ / (tag + ".db")).string());
+    std::map<int64_t, std::string> out;
+    // printf('%.17g') keeps every bit of the double, so equal strings mean equal losses.
+    for (auto& row : store.query("SELECT step, printf('%.17g', loss) FROM metrics WHERE split = '" + split + "'"))
+      out[std::stoll(row[0])] = row[1];
+    return out;
+  }
+
+  static int64_t count(const std::string& tag, const std::string& sql) {
+    moelab::Store store((root_ / (tag + ".db")).string());
+    return std::stoll(store.query(sql)[0][0]);
+  }
+
+  static inline fs::path root_;
+};
+
+TEST_F(TrainCli, InterruptedThenResumedEqualsUninterruptedBitForBit) {
+  auto config = write_config(tiny_config(), "resume");
+  auto full = moelab(train_args(config, "full"));
+  ASSERT_EQ(full.code, 0) << full.output;
+
+  auto first = moelab(train_args(config, "split", "--stop-after 6"));
+  ASSERT_EQ(first.code, moelab::kExitInterrupted) << first.output;
+  EXPECT_EQ(count("split", "SELECT count(*) FROM jobs WHERE status = 'interrupted'"), 1);
+  auto second = moelab(train_args(config, "split", "--resume"));
+  ASSERT_EQ(second.code, 0) << second.output;
+
+  auto expected = losses("full", "train"), actual = losses("split", "train");
+  ASSERT_EQ(expected.size(), 12u);
+  EXPECT_EQ(actual, expected);
+  EXPECT_EQ(losses("split", "val"), losses("full", "val"));
+  EXPECT_EQ(count("split", "SELECT attempts FROM jobs"), 2);
+  EXPECT_EQ(count("split", "SELECT count(*) FROM jobs WHERE status = 'done'"), 1);
+}
+
+// A job killed after its last checkpoint re-runs the lost steps on resume; each row stays unique.
+TEST_F(TrainCli, ResumeAfterLostStepsReplacesRowsWithoutDuplicates) {
+  auto config = write_config(tiny_config(), "lost");
+  ASSERT_EQ(moelab(train_args(config, "lost")).code, 0);
+  auto before = losses("lost", "train");
+  for (int step : {8, 12}) {  // as if killed at step 11: only the step-4 checkpoint survived
+    char stem[32];
+    std::snprintf(stem, sizeof stem, "step_%08d", step);
+    fs::remove(root_ / "lost" / (std::string(stem) + ".pt"));
+    fs::remove(root_ / "lost" / (std::string(stem) + ".json"));
+  }
+  auto resumed = moelab(train_args(config, "lost", "--resume"));
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_EQ(losses("lost", "train"), before);
+  EXPECT_EQ(count("lost", "SELECT count(*) FROM metrics WHERE split = 'train'"), 12);
+  EXPECT_EQ(count("lost", "SELECT count(*) FROM metrics WHERE split = 'val'"), 3);
+  EXPECT_EQ(count("lost", "SELECT count(*) FROM routing_stats"), 3 * 2);  // 3 evaluations x 2 MoE layers
+  EXPECT_EQ(count("lost", "SELECT count(DISTINCT step) FROM checkpoints"), 3);
+}
+
+TEST_F(TrainCli, SigtermCheckpointsAndExitsWithTheInterruptedCode) {
+  auto c = tiny_config();
+  c["train"]["steps"] = 100000;
+  auto config = write_config(c, "sigterm");
+  pid_t child = fork();
+  if (child == 0) {
+    std::string db = (root_ / "sigterm.db").string(), run_dir = (root_ / "sigterm").string();
+    execl(MOELAB_BIN, MOELAB_BIN, "train", "--quiet", "--config", config.c_str(), "--db", db.c_str(), "--run-dir",
+          run_dir.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  // Wait until training has logged a few steps, then ask it to stop.
+  for (int i = 0; i < 600 && !fs::exists(root_ / "sigterm.db"); ++i) usleep(100000);
+  for (int i = 0; i < 600; ++i, usleep(100000))
+    if (count("sigterm", "SELECT count(*) FROM metrics") >= 3) break;
+  kill(child, SIGTERM);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), moelab::kExitInterrupted);
+  const int64_t last_step = count("sigterm", "SELECT max(step) FROM metrics WHERE split = 'train'");
+  EXPECT_EQ(count("sigterm", "SELECT max(step) FROM checkpoints"), last_step);
+  EXPECT_EQ(count("sigterm", "SELECT count(*) FROM jobs WHERE status = 'interrupted'"), 1);
+}
+
+TEST_F(TrainCli, NonFiniteLossStopsTheJobWithTheErrorRecorded) {
+  auto c = tiny_config();
+  c["train"]["lr"] = 1e30, c["train"]["min_lr"] = 1e30, c["train"]["grad_clip"] = 0.0;
+  auto r = moelab(train_args(write_config(c, "nan"), "nan"));
+  EXPECT_EQ(r.code, moelab::kExitDiverged) << r.output;
+  EXPECT_NE(r.output.find("non-finite loss"), std::string::npos) << r.output;
+  moelab::Store store((root_ / "nan.db").string());
+  auto job = store.query("SELECT status, error FROM jobs");
+  ASSERT_EQ(job.size(), 1u);
+  EXPECT_EQ(job[0][0], "failed");
+  EXPECT_NE(job[0][1].find("non-finite loss"), std::string::npos);
+}
+
+// Validation loss falls well below the unigram (byte) entropy of the corpus: the model learns context.
+TEST_F(TrainCli, ShortRunLearnsBeyondUnigramStatistics) {
+  moelab::TokenFile train((root_ / "data/train.bin").string());
+  std::vector<double> frequency(256, 0.0);
+  std::vector<int64_t> tokens(train.size());
+  train.read(0, tokens.size(), tokens.data());
+  for (auto t : tokens) frequency[t] += 1.0 / tokens.size();
+  double entropy = 0;
+  for (double p : frequency)
+    if (p > 0) entropy -= p * std::log(p);
+
+  auto c = tiny_config();
+  c["model"]["d_model"] = 64, c["model"]["seq_len"] = 64;
+  c["train"]["steps"] = 150, c["train"]["batch_size"] = 16, c["train"]["micro_batch"] = 16;
+  c["train"]["log_every"] = 25, c["train"]["eval_every"] = 150, c["train"]["checkpoint_every"] = 150;
+  c["train"]["eval_batches"] = 4, c["train"]["lr"] = 1e-2, c["train"]["warmup"] = 10, c["train"]["threads"] = 2;
+  auto r = moelab(train_args(write_config(c, "learn"), "learn"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const double val = std::stod(losses("learn", "val").at(150));
+  EXPECT_LT(val, entropy - 0.5) << "unigram entropy " << entropy << " nats";
+}
+
+struct BadInput {
+  std::string name;
+  std::function<void(json&)> edit;
+  std::string expected;  // a fragment the error must contain
+};
+
+TEST_F(TrainCli, BadConfigsFailNamingTheFieldAndWriteNothing) {
+  std::vector<BadInput> cases = {
+      {"unknown_key", [](json& c) { c["model"]["toplk"] = 2; }, "model.toplk: unknown key (did you mean \"top_k\"?)"},
+      {"unknown_router", [](json& c) { c["model"]["router"] = "softmx"; }, "model.router: unknown router \"softmx\""},
+      {"topk_over_experts", [](json& c) { c["model"]["top_k"] = 5; }, "model.top_k: top_k 5 exceeds experts 4"},
+      {"granularity", [](json& c) { c["model"]["granularity"] = 3; }, "model.expert_size: expert_size 32 is not divisible by granularity 3"},
+      {"heads", [](json& c) { c["model"]["heads"] = 5; }, "model.d_model: d_model 32 is not divisible by heads 5"},
+      {"wrong_type", [](json& c) { c["train"]["steps"] = "ten"; }, "train.steps: expected an integer"},
+      {"missing_data", [](json& c) { c["data"]["train"] = "/nonexistent/train.bin"; }, "/nonexistent/train.bin"},
+  };
+  for (auto& bad : cases) {
+    auto c = tiny_config();
+    bad.edit(c);
+    auto r = moelab(train_args(write_config(c, "bad_" + bad.name), "bad_" + bad.name));
+    EXPECT_NE(r.code, 0) << bad.name;
+    EXPECT_NE(r.output.find(bad.expected), std::string::npos) << bad.name << ": " << r.output;
+    EXPECT_FALSE(fs::exists(root_ / ("bad_" + bad.name + ".db"))) << bad.name << " wrote a store";
+  }
+}
+
+TEST_F(TrainCli, TruncatedTokenFileIsRefusedNamingIt) {
+  fs::create_directories(root_ / "cut");
+  for (auto name : {"train.bin", "val.bin", "meta.json"}) fs::copy_file(root_ / "data" / name, root_ / "cut" / name);
+  fs::resize_file(root_ / "cut/val.bin", fs::file_size(root_ / "cut/val.bin") - 1);
+  auto c = tiny_config();
+  c["data"]["val"] = (root_ / "cut/val.bin").string();
+  auto r = moelab(train_args(write_config(c, "cut"), "cut"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find((root_ / "cut/val.bin").string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(root_ / "cut.db"));
+}
+
+TEST_F(TrainCli, CorruptOrForeignCheckpointIsRefusedAndNothingIsWritten) {
+  auto config = write_config(tiny_config(), "ckpt");
+  ASSERT_EQ(moelab(train_args(config, "ckpt", "--stop-after 4")).code, moelab::kExitInterrupted);
+  const int64_t rows = count("ckpt", "SELECT count(*) FROM metrics");
+  const auto checkpoint = root_ / "ckpt/step_00000004.pt";
+
+  auto other = tiny_config();
+  other["model"]["top_k"] = 1;
+  auto foreign = moelab(train_args(write_config(other, "ckpt_other"), "ckpt", "--resume"));
+  EXPECT_NE(foreign.code, 0);
+  EXPECT_NE(foreign.output.find(checkpoint.string() + ": written for another config"), std::string::npos) << foreign.output;
+
+  {
+    std::fstream f(checkpoint, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x5a');
+  }
+  auto corrupt = moelab(train_args(config, "ckpt", "--resume"));
+  EXPECT_NE(corrupt.code, 0);
+  EXPECT_NE(corrupt.output.find(checkpoint.string() + ": checksum mismatch"), std::string::npos) << corrupt.output;
+  EXPECT_EQ(count("ckpt", "SELECT count(*) FROM metrics"), rows);
+  EXPECT_EQ(count("ckpt", "SELECT attempts FROM jobs"), 1);
+}
+
+TEST_F(TrainCli, ParamsPrintsJson) {
+  auto r = moelab("params --json --config " + write_config(tiny_config(), "params"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto j = json::parse(r.output);
+  EXPECT_GT(j["total_params"].get<int64_t>(), j["active_params"].get<int64_t>());
+  EXPECT_GT(j["flops_per_token"].get<int64_t>(), 6 * j["active_params"].get<int64_t>() / 2);
+}
+
+}  // namespace
