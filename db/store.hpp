@@ -104,6 +104,8 @@ class Store {
 
  private:
   void exec(const std::string& sql) const;
+  void migrate();
+  void require_job(const std::string& job_id, const char* table) const;  // rows must name a known job
   std::string path_;
   sqlite3* db_ = nullptr;
 };

@@ -1,6 +1,6 @@
 #include "engine/config/job_config.hpp"
 
-#include <openssl/evp.h>
+#include "engine/config/hashing.hpp"
 
 #include <algorithm>
 #include <fstream>
@@ -310,16 +310,6 @@ json JobConfig::to_json() const {
         {"eval_batches", t.eval_batches}, {"checkpoint_every", t.checkpoint_every},
         {"keep_checkpoints", t.keep_checkpoints}, {"device", t.device}, {"threads", t.threads}}},
       {"data", {{"train", data.train}, {"val", data.val}, {"tokenizer", data.tokenizer}}}};
-}
-
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < length; ++i) out += hex[digest[i] >> 4], out += hex[digest[i] & 15];
-  return out;
 }
 
 std::string JobConfig::hash() const {

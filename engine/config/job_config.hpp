@@ -109,6 +109,4 @@ void apply_override(nlohmann::json& config, const std::string& assignment);
 // Cross-field checks (top_k <= experts, divisibility, ...); parse_job_config calls it.
 void validate(const JobConfig& c);
 
-std::string sha256_hex(const std::string& bytes);
-
 }  // namespace moelab

@@ -18,6 +18,7 @@ struct PrepareOptions {
   std::string tokenizer = "gpt2";
   std::string out_dir;
   double val_fraction = 0.1;   // the last fraction of the text (split at a paragraph boundary) is validation
+  size_t chunk_bytes = 1 << 20;  // text encoded per progress update; chunking never changes the tokens
 };
 
 struct PrepareSummary {

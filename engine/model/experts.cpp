@@ -32,7 +32,8 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
     outputs.push_back(apply_expert(e, grouped_x.narrow(0, start, count[e])));
     start += count[e];
   }
-  auto grouped_y = torch::cat(outputs) * gate_of_slot.unsqueeze(1);
+  // Under autocast the expert matmuls return bf16; the combine runs in the residual stream's dtype.
+  auto grouped_y = torch::cat(outputs).to(x.scalar_type()) * gate_of_slot.unsqueeze(1);
   return torch::zeros_like(x).index_add_(0, token_of_slot, grouped_y);
 }
 

@@ -84,6 +84,8 @@ RouterImpl::RouterImpl(const ModelConfig& m, uint64_t seed) : config_(m), rule_(
 }
 
 torch::Tensor RouterImpl::scores(const torch::Tensor& x) {
+  // Router math stays in fp32 under autocast: top-k on bf16 scores would tie and flip experts.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCUDA));
   auto x32 = x.to(torch::kFloat);
   if (rule_.kind == RouterKind::KMeans) return torch::mm(x32 / (x32.norm(2, -1, true) + kNormEps), centroids_.t());
   return proj_(x32);

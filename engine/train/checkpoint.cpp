@@ -1,6 +1,6 @@
 #include "engine/train/checkpoint.hpp"
 
-#include <openssl/evp.h>
+#include "engine/config/hashing.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -50,23 +50,6 @@ void prune(const std::string& run_dir, int keep) {
 }
 
 }  // namespace
-
-std::string file_sha256(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError(path + ": cannot open");
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buffer(1 << 20);
-  while (in.read(buffer.data(), buffer.size()) || in.gcount() > 0) EVP_DigestUpdate(ctx, buffer.data(), in.gcount());
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(ctx, digest, &length);
-  EVP_MD_CTX_free(ctx);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < length; ++i) out += hex[digest[i] >> 4], out += hex[digest[i] & 15];
-  return out;
-}
 
 SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& config, torch::nn::Module& model,
                                 torch::optim::Optimizer& optimizer, const Progress& progress, int keep) {

@@ -40,6 +40,4 @@ std::optional<SavedCheckpoint> find_checkpoint(const std::string& run_dir, const
 Progress load_checkpoint(const SavedCheckpoint& checkpoint, torch::nn::Module& model,
                          torch::optim::Optimizer* optimizer);
 
-std::string file_sha256(const std::string& path);
-
 }  // namespace moelab

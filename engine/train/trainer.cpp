@@ -1,5 +1,6 @@
 #include "engine/train/trainer.hpp"
 
+#include <ATen/autocast_mode.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -28,6 +29,26 @@ torch::Device pick_device(const TrainConfig& t) {
   if (t.device == "cuda" || (t.device == "auto" && torch::cuda::is_available())) return torch::kCUDA;
   return torch::kCPU;
 }
+
+// Mixed precision on CUDA: autocast around the forward pass (router math casts itself to fp32).
+// The CPU always computes in fp32.
+class AutocastScope {
+ public:
+  AutocastScope(torch::Device device, const std::string& precision) : enabled_(device.is_cuda() && precision != "fp32") {
+    if (!enabled_) return;
+    at::autocast::set_autocast_dtype(at::kCUDA, precision == "bf16" ? at::kBFloat16 : at::kHalf);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+  }
+
+ private:
+  bool enabled_;
+};
 
 // Both token files open and agree with the config; throws naming the file otherwise.
 void check_data(const JobConfig& c, const TokenFile& file, const std::string& field) {
@@ -83,6 +104,8 @@ class Trainer {
         device_(pick_device(c.train)) {
     check_data(c, train_file_, "data.train");
     check_data(c, val_file_, "data.val");
+    if (device_.is_cuda() && c.train.precision == "fp16")
+      throw ConfigError("train.precision: fp16 on CUDA needs loss scaling, which the engine does not have yet; use bf16");
     if (c.train.threads > 0) torch::set_num_threads(c.train.threads);
     torch::manual_seed(c.seed);
     model_ = Gpt(c.model, c.seed);
@@ -132,7 +155,11 @@ class Trainer {
     auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device_));
     for (int micro = 0; micro < accumulation; ++micro) {
       auto batch = batches_.train_batch(step, micro);
-      auto loss = model_->loss(batch.inputs.to(device_), batch.targets.to(device_)) / accumulation;
+      torch::Tensor loss;
+      {
+        AutocastScope autocast(device_, t.precision);
+        loss = model_->loss(batch.inputs.to(device_), batch.targets.to(device_)) / accumulation;
+      }
       loss.backward();
       loss_sum += loss.detach();
     }
@@ -176,6 +203,7 @@ class Trainer {
 
   void evaluate(Store& store, int step) {
     torch::NoGradGuard no_grad;
+    AutocastScope autocast(device_, config_.train.precision);
     model_->eval();
     double total = 0;
     for (int i = 0; i < config_.train.eval_batches; ++i) {

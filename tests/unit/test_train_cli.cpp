@@ -187,12 +187,13 @@ TEST_F(TrainCli, ShortRunLearnsBeyondUnigramStatistics) {
 
   auto c = tiny_config();
   c["model"]["d_model"] = 64, c["model"]["seq_len"] = 64;
-  c["train"]["steps"] = 150, c["train"]["batch_size"] = 16, c["train"]["micro_batch"] = 16;
-  c["train"]["log_every"] = 25, c["train"]["eval_every"] = 150, c["train"]["checkpoint_every"] = 150;
-  c["train"]["eval_batches"] = 4, c["train"]["lr"] = 1e-2, c["train"]["warmup"] = 10, c["train"]["threads"] = 2;
+  c["train"]["steps"] = 500, c["train"]["batch_size"] = 16, c["train"]["micro_batch"] = 16;
+  c["train"]["log_every"] = 50, c["train"]["eval_every"] = 500, c["train"]["checkpoint_every"] = 500;
+  c["train"]["eval_batches"] = 4, c["train"]["lr"] = 1e-3, c["train"]["min_lr"] = 1e-4, c["train"]["warmup"] = 10;
+  c["train"]["threads"] = 2;
   auto r = moelab(train_args(write_config(c, "learn"), "learn"));
   ASSERT_EQ(r.code, 0) << r.output;
-  const double val = std::stod(losses("learn", "val").at(150));
+  const double val = std::stod(losses("learn", "val").at(500));
   EXPECT_LT(val, entropy - 0.5) << "unigram entropy " << entropy << " nats";
 }
 

@@ -1,0 +1,234 @@
+#include "db/store.hpp"
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "db/schema.hpp"
+
+namespace moelab {
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// One prepared statement; binds by position, steps to completion, finalizes on scope exit.
+class Statement {
+ public:
+  Statement(sqlite3* db, const std::string& sql) : db_(db), sql_(sql) {
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt_, nullptr) != SQLITE_OK) fail("prepare");
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+
+  Statement& bind(const std::string& v) { return check(sqlite3_bind_text(stmt_, ++index_, v.c_str(), -1, SQLITE_TRANSIENT)); }
+  Statement& bind(const char* v) { return bind(std::string(v)); }
+  Statement& bind(double v) { return check(sqlite3_bind_double(stmt_, ++index_, v)); }
+  Statement& bind(int64_t v) { return check(sqlite3_bind_int64(stmt_, ++index_, v)); }
+  Statement& bind(int v) { return bind(int64_t(v)); }
+  template <typename T>
+  Statement& bind(const std::optional<T>& v) {
+    if (v) return bind(*v);
+    return check(sqlite3_bind_null(stmt_, ++index_));
+  }
+
+  // Runs a statement that returns no rows; returns the number of rows it changed.
+  int run() {
+    int rc = sqlite3_step(stmt_);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail("run");
+    return sqlite3_changes(db_);
+  }
+
+  bool next_row() {
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc != SQLITE_DONE) fail("read");
+    return false;
+  }
+  std::string text(int column) const {
+    auto p = sqlite3_column_text(stmt_, column);
+    return p ? reinterpret_cast<const char*>(p) : "";
+  }
+  int columns() const { return sqlite3_column_count(stmt_); }
+  bool read_only() const { return sqlite3_stmt_readonly(stmt_); }
+
+ private:
+  Statement& check(int rc) {
+    if (rc != SQLITE_OK) fail("bind");
+    return *this;
+  }
+  [[noreturn]] void fail(const char* what) const {
+    throw StoreError(std::string("sqlite ") + what + " failed: " + sqlite3_errmsg(db_) + " (in: " + sql_.substr(0, 120) + ")");
+  }
+  sqlite3* db_;
+  std::string sql_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int index_ = 0;
+};
+
+}  // namespace
+
+Store::Store(const std::string& path) : path_(path) {
+  auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
+    std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    throw StoreError(path + ": cannot open store: " + message);
+  }
+  // Many processes write one file: wait for locks rather than failing, and let readers run beside writers.
+  sqlite3_busy_timeout(db_, 60000);
+  try {
+    exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
+    migrate();
+  } catch (const StoreError& e) {
+    sqlite3_close(db_);
+    throw StoreError(path + ": not a usable moelab store: " + e.what());
+  }
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+int Store::schema_version() { return migrations().back().version; }
+
+int Store::user_version() const { return std::stoi(query("PRAGMA user_version")[0][0]); }
+
+void Store::migrate() {
+  const int current = user_version();
+  if (current > schema_version())
+    throw StoreError("schema version " + std::to_string(current) + " is newer than this moelab knows (" +
+                     std::to_string(schema_version()) + ")");
+  for (const auto& m : migrations()) {
+    if (m.version <= current) continue;
+    transaction([&] {
+      // Another process may have migrated while this one waited for the write lock.
+      if (user_version() >= m.version) return;
+      exec(m.sql);
+      exec("PRAGMA user_version = " + std::to_string(m.version));
+    });
+  }
+}
+
+void Store::exec(const std::string& sql) const {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+    std::string message = error ? error : "unknown error";
+    sqlite3_free(error);
+    throw StoreError("sqlite exec failed: " + message + " (in: " + sql.substr(0, 120) + ")");
+  }
+}
+
+void Store::transaction(const std::function<void()>& fn) {
+  exec("BEGIN IMMEDIATE");
+  try {
+    fn();
+    exec("COMMIT");
+  } catch (...) {
+    exec("ROLLBACK");
+    throw;
+  }
+}
+
+void Store::upsert_job(const JobRow& job) {
+  Statement(db_,
+            "INSERT INTO jobs (id, name, sweep, config_json, axes_json, total_steps, created_at) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, sweep = excluded.sweep, "
+            "axes_json = excluded.axes_json, total_steps = excluded.total_steps")
+      .bind(job.id).bind(job.name).bind(job.sweep).bind(job.config_json).bind(job.axes_json).bind(job.total_steps)
+      .bind(now_seconds())
+      .run();
+}
+
+void Store::set_job_status(const std::string& job_id, const std::string& status, const std::string& error,
+                           std::optional<int> exit_code) {
+  const bool running = status == "running";
+  const bool terminal = status == "done" || status == "failed" || status == "cancelled" || status == "interrupted";
+  int changed = Statement(db_,
+                          "UPDATE jobs SET status = ?, error = ?, exit_code = ?, "
+                          "attempts = attempts + ?, started_at = CASE WHEN ? THEN ? ELSE started_at END, "
+                          "finished_at = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE finished_at END WHERE id = ?")
+                    .bind(status).bind(error).bind(exit_code).bind(int(running)).bind(int(running)).bind(now_seconds())
+                    .bind(int(terminal)).bind(now_seconds()).bind(int(running)).bind(job_id)
+                    .run();
+  if (changed == 0) throw StoreError("set_job_status: no job " + job_id);
+}
+
+std::optional<std::string> Store::job_status(const std::string& job_id) const {
+  Statement s(db_, "SELECT status FROM jobs WHERE id = ?");
+  s.bind(job_id);
+  if (!s.next_row()) return std::nullopt;
+  return s.text(0);
+}
+
+void Store::require_job(const std::string& job_id, const char* table) const {
+  if (!job_status(job_id)) throw StoreError(std::string(table) + ": no job " + job_id + " in " + path_);
+}
+
+void Store::put_metric(const MetricRow& r) {
+  require_job(r.job_id, "metrics");
+  Statement(db_,
+            "INSERT INTO metrics (job_id, step, split, loss, tokens, lr, grad_norm, tokens_per_s, wall_time) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, step, split) DO UPDATE SET loss = excluded.loss, "
+            "tokens = excluded.tokens, lr = excluded.lr, grad_norm = excluded.grad_norm, "
+            "tokens_per_s = excluded.tokens_per_s, wall_time = excluded.wall_time")
+      .bind(r.job_id).bind(r.step).bind(r.split).bind(r.loss).bind(r.tokens).bind(r.lr).bind(r.grad_norm)
+      .bind(r.tokens_per_s).bind(r.wall_time)
+      .run();
+}
+
+void Store::put_routing(const RoutingRow& r) {
+  require_job(r.job_id, "routing_stats");
+  Statement(db_,
+            "INSERT INTO routing_stats (job_id, step, layer, expert_fraction_json, load_std, load_max_over_mean, "
+            "dead_experts, positive_gates, router_cosine) VALUES (?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(job_id, step, layer) DO UPDATE SET expert_fraction_json = excluded.expert_fraction_json, "
+            "load_std = excluded.load_std, load_max_over_mean = excluded.load_max_over_mean, "
+            "dead_experts = excluded.dead_experts, positive_gates = excluded.positive_gates, "
+            "router_cosine = excluded.router_cosine")
+      .bind(r.job_id).bind(r.step).bind(r.layer).bind(nlohmann::json(r.expert_fraction).dump()).bind(r.load_std)
+      .bind(r.load_max_over_mean).bind(r.dead_experts).bind(r.positive_gates).bind(r.router_cosine)
+      .run();
+}
+
+void Store::put_checkpoint(const CheckpointRow& r) {
+  require_job(r.job_id, "checkpoints");
+  Statement(db_,
+            "INSERT INTO checkpoints (job_id, step, path, sha256, created_at) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(job_id, step) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256, "
+            "created_at = excluded.created_at")
+      .bind(r.job_id).bind(r.step).bind(r.path).bind(r.sha256).bind(now_seconds())
+      .run();
+}
+
+void Store::put_eval(const EvalRow& r) {
+  require_job(r.job_id, "evals");
+  Statement(db_,
+            "INSERT INTO evals (job_id, step, task, metric, value, stderr, samples, source) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(job_id, step, task, metric) DO UPDATE SET value = excluded.value, stderr = excluded.stderr, "
+            "samples = excluded.samples, source = excluded.source")
+      .bind(r.job_id).bind(r.step).bind(r.task).bind(r.metric).bind(r.value).bind(r.stderr_value).bind(r.samples)
+      .bind(r.source)
+      .run();
+}
+
+void Store::log_event(const std::string& job_id, const std::string& level, const std::string& message) {
+  require_job(job_id, "events");
+  Statement(db_, "INSERT INTO events (job_id, time, level, message) VALUES (?,?,?,?)")
+      .bind(job_id).bind(now_seconds()).bind(level).bind(message)
+      .run();
+}
+
+std::vector<std::vector<std::string>> Store::query(const std::string& sql) const {
+  Statement s(db_, sql);
+  if (!s.read_only()) throw StoreError("query refuses a statement that writes: " + sql);
+  std::vector<std::vector<std::string>> rows;
+  while (s.next_row()) {
+    auto& row = rows.emplace_back();
+    for (int c = 0; c < s.columns(); ++c) row.push_back(s.text(c));
+  }
+  return rows;
+}
+
+}  // namespace moelab
