@@ -53,6 +53,7 @@ CREATE TABLE routing_stats (
   load_max_over_mean   REAL NOT NULL,
   dead_experts         INTEGER NOT NULL,
   positive_gates       REAL NOT NULL,
+  fewer_than_k         REAL NOT NULL,
   router_cosine        REAL NOT NULL,
   UNIQUE (job_id, step, layer)
 );

@@ -182,13 +182,14 @@ void Store::put_routing(const RoutingRow& r) {
   require_job(r.job_id, "routing_stats");
   Statement(db_,
             "INSERT INTO routing_stats (job_id, step, layer, expert_fraction_json, load_std, load_max_over_mean, "
-            "dead_experts, positive_gates, router_cosine) VALUES (?,?,?,?,?,?,?,?,?) "
+            "dead_experts, positive_gates, fewer_than_k, router_cosine) VALUES (?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(job_id, step, layer) DO UPDATE SET expert_fraction_json = excluded.expert_fraction_json, "
             "load_std = excluded.load_std, load_max_over_mean = excluded.load_max_over_mean, "
             "dead_experts = excluded.dead_experts, positive_gates = excluded.positive_gates, "
+            "fewer_than_k = excluded.fewer_than_k, "
             "router_cosine = excluded.router_cosine")
       .bind(r.job_id).bind(r.step).bind(r.layer).bind(nlohmann::json(r.expert_fraction).dump()).bind(r.load_std)
-      .bind(r.load_max_over_mean).bind(r.dead_experts).bind(r.positive_gates).bind(r.router_cosine)
+      .bind(r.load_max_over_mean).bind(r.dead_experts).bind(r.positive_gates).bind(r.fewer_than_k).bind(r.router_cosine)
       .run();
 }
 

@@ -49,6 +49,7 @@ struct RoutingRow {
   double load_max_over_mean = 0;
   int dead_experts = 0;                 // experts that got no token
   double positive_gates = 0;            // mean number of gates > 0 per token
+  double fewer_than_k = 0;              // share of tokens with fewer than k positive gates
   double router_cosine = 0;             // mean pairwise cosine similarity of router weight rows
 };
 

@@ -80,6 +80,7 @@ RouterImpl::RouterImpl(const ModelConfig& m, uint64_t seed) : config_(m), rule_(
     selection_bias_ = register_buffer("selection_bias", torch::zeros({E}));
   load_counts_ = register_buffer("load_counts", torch::zeros({E}, torch::kFloat64));
   positive_gates_ = register_buffer("positive_gates", torch::zeros({}, torch::kFloat64));
+  fewer_than_k_ = register_buffer("fewer_than_k", torch::zeros({}, torch::kFloat64));
   routed_tokens_ = register_buffer("routed_tokens", torch::zeros({}, torch::kFloat64));
 }
 
@@ -117,7 +118,9 @@ void RouterImpl::update_balancing_state(const torch::Tensor& x, const Routing& r
   const int E = load_counts_.size(0);
   auto counts = torch::bincount(r.expert_index.flatten(), {}, E).to(torch::kFloat64);
   load_counts_ += counts;
-  positive_gates_ += (r.gate > 0).sum().to(torch::kFloat64);
+  auto positive = (r.gate > 0).sum(-1);
+  positive_gates_ += positive.sum().to(torch::kFloat64);
+  fewer_than_k_ += (positive < r.gate.size(1)).sum().to(torch::kFloat64);
   routed_tokens_ += static_cast<double>(r.gate.size(0));
   if (selection_bias_.defined()) {
     // Raise the bias of under-loaded experts and lower it for over-loaded ones (sign of the error).
@@ -154,12 +157,13 @@ RoutingSnapshot RouterImpl::take_snapshot() {
   snap.dead_experts = total > 0 ? (counts == 0).sum().item<int>() : 0;
   double tokens = routed_tokens_.item<double>();
   snap.positive_gates = tokens > 0 ? positive_gates_.item<double>() / tokens : 0.0;
+  snap.fewer_than_k = tokens > 0 ? fewer_than_k_.item<double>() / tokens : 0.0;
   auto rows = direction_rows().to(torch::kFloat64).cpu();
   auto unit = rows / (rows.norm(2, -1, true) + kNormEps);
   auto cosine = torch::mm(unit, unit.t());
   const int E = rows.size(0);
   snap.router_cosine = E > 1 ? ((cosine.sum() - cosine.trace()) / (E * (E - 1))).item<double>() : 0.0;
-  load_counts_.zero_(), positive_gates_.zero_(), routed_tokens_.zero_();
+  load_counts_.zero_(), positive_gates_.zero_(), fewer_than_k_.zero_(), routed_tokens_.zero_();
   return snap;
 }
 

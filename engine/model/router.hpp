@@ -39,6 +39,7 @@ double kern_monte_carlo_scale(int experts, const GateRule& rule, int samples, ui
 struct RoutingSnapshot {
   std::vector<double> expert_fraction;
   double load_std = 0, load_max_over_mean = 0, positive_gates = 0, router_cosine = 0;
+  double fewer_than_k = 0;  // share of tokens with fewer than k positive gates (ReLU zeroed some)
   int dead_experts = 0;
 };
 
@@ -60,7 +61,7 @@ class RouterImpl : public torch::nn::Module {
   torch::Tensor gamma_;                    // KERN: learnable scale
   torch::Tensor centroids_;                // kmeans: [E, d] unit rows, EMA of routed hidden states
   torch::Tensor selection_bias_;           // aux_free / kmeans: [E], updated by sign of load error
-  torch::Tensor load_counts_, positive_gates_, routed_tokens_;  // statistics since last snapshot
+  torch::Tensor load_counts_, positive_gates_, fewer_than_k_, routed_tokens_;  // statistics since last snapshot
 };
 TORCH_MODULE(Router);
 

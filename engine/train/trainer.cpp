@@ -218,7 +218,7 @@ class Trainer {
       for (size_t layer = 0; layer < layers.size(); ++layer) {
         auto s = layers[layer]->router->take_snapshot();
         store.put_routing(RoutingRow{job_id_, step, int(layer), s.expert_fraction, s.load_std, s.load_max_over_mean,
-                                     s.dead_experts, s.positive_gates, s.router_cosine});
+                                     s.dead_experts, s.positive_gates, s.fewer_than_k, s.router_cosine});
       }
     });
     if (options_.progress) std::fprintf(stderr, "[%s] step %d val loss %.4f\n", config_.name.c_str(), step, loss);

@@ -133,7 +133,7 @@ TEST_F(StoreTest, FailedTransactionLeavesNoPartialRows) {
   add_job(s, "a");
   EXPECT_THROW(s.transaction([&] {
     s.put_metric(metric("a", 1, "val", 1.0));
-    s.put_routing(RoutingRow{"a", 1, 0, {0.5, 0.5}, 0, 1, 0, 2, 0.1});
+    s.put_routing(RoutingRow{"a", 1, 0, {0.5, 0.5}, 0, 1, 0, 2, 0, 0.1});
     throw std::runtime_error("crash between writes");
   }),
                std::runtime_error);

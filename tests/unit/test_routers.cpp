@@ -139,3 +139,87 @@ TEST(Router, MonteCarloScaleAgreesWithAnIndependentEstimate) {
   EXPECT_NEAR(ours, mean, 5 * standard_error * std::sqrt(1.0 + double(used) / 20000));
   EXPECT_GT(ours, 1.0);  // the kept part of a unit vector has norm below 1
 }
+
+namespace {
+
+ModelConfig layer_config(const std::string& router, int experts, int top_k, int d_model = 4) {
+  ModelConfig m;
+  m.router = router, m.experts = experts, m.top_k = top_k, m.d_model = d_model, m.expert_size = 8;
+  return m;
+}
+
+torch::Tensor buffer(torch::nn::Module& module, const std::string& name) { return module.named_buffers()[name]; }
+
+}  // namespace
+
+// Switch loss = coef * E * sum_e f_e * P_e with f the share of routed slots and P the mean softmax.
+TEST(RouterBalancing, AuxiliaryAndZLossMatchTheirFormulas) {
+  auto m = layer_config("softmax", 4, 1);
+  m.balance = "aux_loss", m.aux_loss_coef = 0.5, m.z_loss_coef = 0.1;
+  Router router(m, 0);
+  torch::manual_seed(1);
+  auto x = torch::randn({6, 4});
+  auto r = router(x);
+  auto s = router->named_modules()["proj"]->as<torch::nn::Linear>()->forward(x).to(torch::kFloat64);
+  auto p = torch::softmax(s, -1);
+  std::vector<double> f(4, 0.0);
+  for (int t = 0; t < 6; ++t) f[p[t].argmax().item<int64_t>()] += 1.0 / 6;
+  double aux = 0, z = 0;
+  for (int e = 0; e < 4; ++e) aux += f[e] * p.select(1, e).mean().item<double>();
+  for (int t = 0; t < 6; ++t) z += std::pow(torch::logsumexp(s[t], 0).item<double>(), 2) / 6;
+  EXPECT_NEAR(r.aux_loss.item<double>(), 0.5 * 4 * aux + 0.1 * z, 1e-5);
+}
+
+// Aux-loss-free balancing: after a training step the bias of each expert moves by the sign of
+// (mean load - its load); evaluation leaves it alone.
+TEST(RouterBalancing, AuxFreeBiasFollowsTheSignOfTheLoadError) {
+  auto m = layer_config("kern", 4, 1);
+  m.balance = "aux_free", m.bias_update_rate = 0.25;
+  Router router(m, 0);
+  auto x = torch::randn({16, 4});
+  router->eval();
+  router(x);
+  EXPECT_TRUE(torch::equal(buffer(*router, "selection_bias"), torch::zeros({4})));
+  router->train();
+  auto r = router(x);
+  auto load = torch::bincount(r.expert_index.flatten(), {}, 4).to(torch::kFloat);
+  auto expected = 0.25 * torch::sign(load.mean() - load);
+  EXPECT_TRUE(torch::allclose(buffer(*router, "selection_bias"), expected)) << buffer(*router, "selection_bias");
+}
+
+// K-Means: with decay 0 a centroid becomes the normalised mean direction of the tokens routed to it.
+TEST(RouterBalancing, KMeansCentroidsMoveToTheirTokens) {
+  auto m = layer_config("kmeans", 3, 1);
+  m.centroid_decay = 0.0;
+  Router router(m, 0);
+  auto before = buffer(*router, "centroids").clone();
+  auto x = torch::randn({12, 4});
+  auto r = router(x);
+  auto unit = x / x.norm(2, -1, true);
+  auto after = buffer(*router, "centroids");
+  for (int e = 0; e < 3; ++e) {
+    auto mine = (r.expert_index.select(1, 0) == e).nonzero().flatten();
+    if (mine.numel() == 0) {
+      EXPECT_TRUE(torch::allclose(after[e], before[e])) << "an unused centroid stays";
+      continue;
+    }
+    auto mean = unit.index_select(0, mine).mean(0);
+    EXPECT_TRUE(torch::allclose(after[e], mean / mean.norm(), 1e-5, 1e-5)) << "expert " << e;
+  }
+}
+
+// The snapshot reads the counters of the training steps since the last one, then starts over.
+TEST(RouterBalancing, SnapshotSummarisesLoadAndPositiveGates) {
+  auto m = layer_config("kern", 4, 2);
+  Router router(m, 0);
+  auto x = torch::randn({32, 4});
+  auto r = router(x);
+  auto snap = router->take_snapshot();
+  auto load = torch::bincount(r.expert_index.flatten(), {}, 4).to(torch::kFloat64) / 64.0;
+  for (int e = 0; e < 4; ++e) EXPECT_NEAR(snap.expert_fraction[e], load[e].item<double>(), 1e-12);
+  EXPECT_EQ(snap.dead_experts, (load == 0).sum().item<int64_t>());
+  EXPECT_NEAR(snap.positive_gates, (r.gate > 0).sum().item<double>() / 32.0, 1e-12);
+  EXPECT_NEAR(snap.load_max_over_mean, load.max().item<double>() * 4, 1e-12);
+  EXPECT_NEAR(snap.fewer_than_k, ((r.gate > 0).sum(-1) < 2).sum().item<double>() / 32.0, 1e-12);
+  EXPECT_EQ(router->take_snapshot().positive_gates, 0.0);
+}
