@@ -74,10 +74,12 @@ std::vector<uint32_t> encode_with_progress(const Tokenizer& tokenizer, const std
     size_t end = chunk_end(text, std::min(text.size(), start + chunk_bytes));
     auto part = tokenizer.encode(std::string_view(text).substr(start, end - start));
     ids.insert(ids.end(), part.begin(), part.end());
-    std::fprintf(stderr, "\r[data] %s: %zu / %zu bytes, %zu tokens", what, end, text.size(), ids.size());
+    // On a terminal the line updates in place; in a log only the final count is written.
+    if (isatty(STDERR_FILENO) || end == text.size())
+      std::fprintf(stderr, "%s[data] %s: %zu / %zu bytes, %zu tokens%s", isatty(STDERR_FILENO) ? "\r" : "", what, end,
+                   text.size(), ids.size(), end == text.size() ? "\n" : "");
     start = end;
   }
-  std::fprintf(stderr, "\n");
   return ids;
 }
 

@@ -222,12 +222,14 @@ class Trainer {
       }
     });
     if (options_.progress) std::fprintf(stderr, "[%s] step %d val loss %.4f\n", config_.name.c_str(), step, loss);
+    interval_start_ = Clock::now();  // tokens/s measures training only
   }
 
   void checkpoint(Store& store, int step) {
     auto saved = save_checkpoint(options_.run_dir, config_, *model_, *optimizer_, Progress{step, wall_time()},
                                  config_.train.keep_checkpoints);
     store.put_checkpoint(CheckpointRow{job_id_, step, saved.path, saved.sha256});
+    interval_start_ = Clock::now();
   }
 
   void finish(Store& store, int code) {
