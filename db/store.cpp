@@ -52,6 +52,7 @@ class Statement {
     return p ? reinterpret_cast<const char*>(p) : "";
   }
   int columns() const { return sqlite3_column_count(stmt_); }
+  std::string column_name(int column) const { return sqlite3_column_name(stmt_, column); }
   bool read_only() const { return sqlite3_stmt_readonly(stmt_); }
 
  private:
@@ -134,8 +135,10 @@ void Store::transaction(const std::function<void()>& fn) {
 void Store::upsert_job(const JobRow& job) {
   Statement(db_,
             "INSERT INTO jobs (id, name, sweep, config_json, axes_json, total_steps, created_at) VALUES (?,?,?,?,?,?,?) "
-            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, sweep = excluded.sweep, "
-            "axes_json = excluded.axes_json, total_steps = excluded.total_steps")
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, total_steps = excluded.total_steps, "
+            // a job started on its own (no sweep, no axes) keeps what its sweep recorded
+            "sweep = CASE WHEN excluded.sweep != '' THEN excluded.sweep ELSE sweep END, "
+            "axes_json = CASE WHEN excluded.axes_json != '{}' THEN excluded.axes_json ELSE axes_json END")
       .bind(job.id).bind(job.name).bind(job.sweep).bind(job.config_json).bind(job.axes_json).bind(job.total_steps)
       .bind(now_seconds())
       .run();
@@ -153,6 +156,27 @@ void Store::set_job_status(const std::string& job_id, const std::string& status,
                     .bind(int(terminal)).bind(now_seconds()).bind(int(running)).bind(job_id)
                     .run();
   if (changed == 0) throw StoreError("set_job_status: no job " + job_id);
+}
+
+void Store::set_job_executor(const std::string& job_id, const std::string& executor, const std::string& executor_id,
+                             const std::string& host) {
+  require_job(job_id, "jobs");
+  Statement(db_, "UPDATE jobs SET executor = ?, executor_id = ?, host = ? WHERE id = ?")
+      .bind(executor).bind(executor_id).bind(host).bind(job_id)
+      .run();
+}
+
+void Store::count_attempt(const std::string& job_id) {
+  require_job(job_id, "jobs");
+  Statement(db_, "UPDATE jobs SET attempts = attempts + 1 WHERE id = ?").bind(job_id).run();
+}
+
+void Store::upsert_sweep(const std::string& name, const std::string& spec_json) {
+  Statement(db_,
+            "INSERT INTO sweeps (name, spec_json, created_at) VALUES (?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET spec_json = excluded.spec_json")
+      .bind(name).bind(spec_json).bind(now_seconds())
+      .run();
 }
 
 std::optional<std::string> Store::job_status(const std::string& job_id) const {
@@ -221,15 +245,16 @@ void Store::log_event(const std::string& job_id, const std::string& level, const
       .run();
 }
 
-std::vector<std::vector<std::string>> Store::query(const std::string& sql) const {
+Store::Table Store::query_table(const std::string& sql) const {
   Statement s(db_, sql);
   if (!s.read_only()) throw StoreError("query refuses a statement that writes: " + sql);
-  std::vector<std::vector<std::string>> rows;
+  Table table;
+  for (int c = 0; c < s.columns(); ++c) table.columns.push_back(s.column_name(c));
   while (s.next_row()) {
-    auto& row = rows.emplace_back();
+    auto& row = table.rows.emplace_back();
     for (int c = 0; c < s.columns(); ++c) row.push_back(s.text(c));
   }
-  return rows;
+  return table;
 }
 
 }  // namespace moelab

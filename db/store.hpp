@@ -83,13 +83,20 @@ class Store {
   int user_version() const;      // the file's PRAGMA user_version
   const std::string& path() const { return path_; }
 
-  // Inserts the job or, if it exists, leaves its config and refreshes name/sweep/axes/total_steps.
+  // Inserts the job or, if it exists, keeps its config and refreshes name and total_steps, and
+  // sweep and axes unless the new row leaves them empty.
   void upsert_job(const JobRow& job);
   // status: queued|running|done|failed|interrupted|cancelled. Sets started_at on running,
   // finished_at on terminal states; increments attempts on running; error may be empty.
   void set_job_status(const std::string& job_id, const std::string& status,
                       const std::string& error = "", std::optional<int> exit_code = std::nullopt);
   std::optional<std::string> job_status(const std::string& job_id) const;
+  // Where a job runs: executor "local" or "slurm", its process or Slurm job id, the host.
+  void set_job_executor(const std::string& job_id, const std::string& executor, const std::string& executor_id,
+                        const std::string& host);
+  // Counts an attempt that ended before the job itself could say it was running.
+  void count_attempt(const std::string& job_id);
+  void upsert_sweep(const std::string& name, const std::string& spec_json);
 
   void put_metric(const MetricRow& row);
   void put_routing(const RoutingRow& row);
@@ -100,8 +107,13 @@ class Store {
   // Runs fn inside BEGIN IMMEDIATE ... COMMIT, rolling back if it throws.
   void transaction(const std::function<void()>& fn);
 
-  // Read helpers for tests and reports: rows of a read-only query as strings (NULL -> "").
-  std::vector<std::vector<std::string>> query(const std::string& sql) const;
+  // Read helpers for the CLI, tests and reports: a read-only query's rows as strings (NULL -> "").
+  struct Table {
+    std::vector<std::string> columns;
+    std::vector<std::vector<std::string>> rows;
+  };
+  Table query_table(const std::string& sql) const;
+  std::vector<std::vector<std::string>> query(const std::string& sql) const { return query_table(sql).rows; }
 
  private:
   void exec(const std::string& sql) const;

@@ -11,6 +11,8 @@
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/train/trainer.hpp"
+#include "runner/command_line.hpp"
+#include "runner/sweep_commands.hpp"
 
 namespace moelab {
 namespace po = boost::program_options;
@@ -22,19 +24,6 @@ struct Command {
   std::function<int(const std::vector<std::string>&)> run;
 };
 
-// Parses `args` against `options` (plus --help); returns false if help was printed.
-bool parse(const std::vector<std::string>& args, const std::string& usage, po::options_description& options,
-           po::variables_map& vm, const po::positional_options_description& positional = {}) {
-  options.add_options()("help,h", "show this help");
-  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-  if (vm.count("help")) {
-    std::cout << "usage: moelab " << usage << "\n" << options << "\n";
-    return false;
-  }
-  po::notify(vm);
-  return true;
-}
-
 int data_prepare(const std::vector<std::string>& args) {
   PrepareOptions opts;
   po::options_description options("moelab data prepare");
@@ -44,7 +33,7 @@ int data_prepare(const std::vector<std::string>& args) {
       ("out", po::value(&opts.out_dir)->required(), "output directory for train.bin, val.bin, meta.json")
       ("val-fraction", po::value(&opts.val_fraction)->default_value(0.1), "share of the text held out for validation");
   po::variables_map vm;
-  if (!parse(args, "data prepare --corpus NAME|PATH --out DIR [--tokenizer gpt2|bytes]", options, vm)) return 0;
+  if (!parse_options(args, "data prepare --corpus NAME|PATH --out DIR [--tokenizer gpt2|bytes]", options, vm)) return 0;
   auto summary = prepare_dataset(opts);
   std::printf("wrote %s: %llu train tokens, %llu val tokens\n", summary.meta_path.c_str(),
               (unsigned long long)summary.train_tokens, (unsigned long long)summary.val_tokens);
@@ -56,7 +45,7 @@ int params(const std::vector<std::string>& args) {
   po::options_description options("moelab params");
   options.add_options()("config", po::value(&config_path)->required(), "job config JSON")("json", "print JSON");
   po::variables_map vm;
-  if (!parse(args, "params --config FILE [--json]", options, vm)) return 0;
+  if (!parse_options(args, "params --config FILE [--json]", options, vm)) return 0;
   auto config = load_job_config(config_path);
   auto size = model_size(config.model);
   nlohmann::json out{{"total_params", size.total_params},
@@ -86,7 +75,7 @@ int train(const std::vector<std::string>& args) {
       ("stop-after", po::value(&opts.stop_after)->default_value(0), "checkpoint and stop after this step, as if interrupted")
       ("quiet", "no progress line");
   po::variables_map vm;
-  if (!parse(args, "train --config FILE [--db FILE] [--run-dir DIR] [--resume]", options, vm)) return 0;
+  if (!parse_options(args, "train --config FILE [--db FILE] [--run-dir DIR] [--resume]", options, vm)) return 0;
   opts.progress = !vm.count("quiet");
   auto json = read_json_file(config_path);
   for (auto& assignment : overrides) apply_override(json, assignment);
@@ -103,6 +92,8 @@ const std::map<std::string, Command>& commands() {
                 }}},
       {"params", {"parameter counts and FLOPs of a config", params}},
       {"train", {"train one job", train}},
+      {"sweep", {"sweep plan|run|status|cancel: expand a sweep spec and run its jobs", sweep_command}},
+      {"db", {"db query \"SQL\": read-only questions to the store", db_command}},
   };
   return table;
 }

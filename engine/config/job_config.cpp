@@ -65,28 +65,7 @@ class ObjectReader {
   }
 
   std::string nearest_hint(const std::string& key) const {
-    std::string best;
-    size_t best_distance = 4;  // suggest only plausible typos
-    for (auto& k : known_) {
-      size_t d = edit_distance(key, k);
-      if (d < best_distance) best_distance = d, best = k;
-    }
-    return best.empty() ? "" : " (did you mean \"" + best + "\"?)";
-  }
-
-  static size_t edit_distance(const std::string& a, const std::string& b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-      size_t diagonal = row[0];
-      row[0] = i;
-      for (size_t j = 1; j <= b.size(); ++j) {
-        size_t above = row[j];
-        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
-        diagonal = above;
-      }
-    }
-    return row[b.size()];
+    return did_you_mean(key, std::vector<std::string>(known_.begin(), known_.end()));
   }
 
   const json& j_;
@@ -205,15 +184,28 @@ std::string ModelConfig::router_label() const {
   return label;
 }
 
-void validate(const JobConfig& c) {
+namespace {
+
+// Fields that take one of a few names: checked whenever a config is parsed, even partially.
+void check_names(const JobConfig& c) {
   const auto& m = c.model;
-  const auto& t = c.train;
   if (!kRouters.count(m.router))
     throw ConfigError("model.router: unknown router \"" + m.router + "\" (expected one of: " + names_of(kRouters) +
                       ", kern_no_relu, kern_after_topk)");
   if (!kBalances.count(m.balance))
     throw ConfigError("model.balance: unknown value \"" + m.balance + "\" (expected one of: " + names_of(kBalances) + ")");
   require_one_of(m.kern.init, {"one", "monte_carlo"}, "model.kern.init");
+  require_one_of(c.train.precision, {"fp32", "bf16", "fp16"}, "train.precision");
+  require_one_of(c.train.device, {"auto", "cpu", "cuda"}, "train.device");
+  require_one_of(c.data.tokenizer, {"gpt2", "bytes"}, "data.tokenizer");
+}
+
+}  // namespace
+
+void validate(const JobConfig& c) {
+  const auto& m = c.model;
+  const auto& t = c.train;
+  check_names(c);
   for (auto [v, p] : {std::pair{m.vocab_size, "model.vocab_size"}, {m.seq_len, "model.seq_len"}, {m.layers, "model.layers"},
                       {m.d_model, "model.d_model"}, {m.heads, "model.heads"}, {m.granularity, "model.granularity"}})
     require_positive(v, p);
@@ -247,12 +239,9 @@ void validate(const JobConfig& c) {
   require(t.warmup >= 0, "train.warmup", "must be >= 0");
   require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)");
   require(t.threads >= 0, "train.threads", "must be >= 0");
-  require_one_of(t.precision, {"fp32", "bf16", "fp16"}, "train.precision");
-  require_one_of(t.device, {"auto", "cpu", "cuda"}, "train.device");
-  require_one_of(c.data.tokenizer, {"gpt2", "bytes"}, "data.tokenizer");
 }
 
-JobConfig parse_job_config(const json& j) {
+JobConfig parse_job_config(const json& j, bool cross_checks) {
   JobConfig c;
   ObjectReader r(j, "");
   r.read("name", c.name);
@@ -261,7 +250,10 @@ JobConfig parse_job_config(const json& j) {
   if (auto* t = r.child("train")) parse_train(*t, c.train);
   if (auto* d = r.child("data")) parse_data(*d, c.data);
   r.reject_unknown_keys();
-  validate(c);
+  if (cross_checks)
+    validate(c);
+  else
+    check_names(c);
   return c;
 }
 
@@ -277,6 +269,67 @@ json read_json_file(const std::string& path) {
 
 JobConfig load_job_config(const std::string& path) { return parse_job_config(read_json_file(path)); }
 
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+json::json_pointer pointer_of(const std::string& dotted) {
+  std::string pointer = "/" + dotted;
+  std::replace(pointer.begin(), pointer.end(), '.', '/');
+  return json::json_pointer(pointer);
+}
+
+void collect_leaf_paths(const json& j, const std::string& prefix, std::vector<std::string>& out) {
+  for (auto& [key, value] : j.items()) {
+    std::string path = prefix.empty() ? key : prefix + "." + key;
+    if (value.is_object())
+      collect_leaf_paths(value, path, out);
+    else
+      out.push_back(path);
+  }
+}
+
+}  // namespace
+
+std::string did_you_mean(const std::string& key, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(3, key.size() / 4) + 1;  // suggest only plausible typos
+  for (auto& candidate : candidates) {
+    size_t d = edit_distance(key, candidate);
+    if (d < best_distance) best_distance = d, best = candidate;
+  }
+  return best.empty() ? "" : " (did you mean \"" + best + "\"?)";
+}
+
+const std::vector<std::string>& config_paths() {
+  static const std::vector<std::string> paths = [] {
+    std::vector<std::string> out;
+    collect_leaf_paths(JobConfig{}.to_json(), "", out);
+    return out;
+  }();
+  return paths;
+}
+
+void set_dotted(json& config, const std::string& path, const json& value) { config[pointer_of(path)] = value; }
+
+const json* find_dotted(const json& config, const std::string& path) {
+  auto pointer = pointer_of(path);
+  return config.contains(pointer) ? &config.at(pointer) : nullptr;
+}
+
 void apply_override(json& config, const std::string& assignment) {
   auto equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0)
@@ -284,9 +337,7 @@ void apply_override(json& config, const std::string& assignment) {
   std::string path = assignment.substr(0, equals), text = assignment.substr(equals + 1);
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = text;
-  std::string pointer = "/" + path;
-  std::replace(pointer.begin(), pointer.end(), '.', '/');
-  config[json::json_pointer(pointer)] = value;
+  set_dotted(config, path, value);
 }
 
 json JobConfig::to_json() const {
@@ -313,8 +364,10 @@ json JobConfig::to_json() const {
 }
 
 std::string JobConfig::hash() const {
-  // Where and how fast a job runs does not change what it computes, so those keys are not identity.
+  // A job's name is a label, and where and how fast it runs does not change what it computes, so
+  // none of those are identity: two ways of writing the same experiment are one job.
   json identity = to_json();
+  identity.erase("name");
   identity["train"].erase("device");
   identity["train"].erase("threads");
   return sha256_hex(identity.dump()).substr(0, 16);

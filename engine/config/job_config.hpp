@@ -93,18 +93,27 @@ struct JobConfig {
 
   // Canonical resolved JSON (every key, fixed order) and its hash: a job's identity.
   nlohmann::json to_json() const;
-  std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less train.device/threads
+  std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less name, train.device/threads
 };
 
 // Parses and validates; throws ConfigError naming the JSON path. Router aliases
 // ("kern_no_relu", "kern_after_topk") resolve to "kern" with the matching kern options.
-JobConfig parse_job_config(const nlohmann::json& j);
+// cross_checks=false checks keys and types only (a sweep's base may be completed by its axes).
+JobConfig parse_job_config(const nlohmann::json& j, bool cross_checks = true);
 JobConfig load_job_config(const std::string& path);
 nlohmann::json read_json_file(const std::string& path);  // throws ConfigError naming the file
 
-// Sets a dotted path ("model.router") in a config object, creating objects on the way: the same
-// addressing sweep axes use. `assignment` is "path=value"; value is JSON, or a bare string.
+// Dotted paths ("model.router") address config fields, as sweep axes do. set_dotted creates objects
+// on the way; find_dotted returns null when the path is absent. `assignment` is "path=value" with a
+// JSON value or a bare string.
+void set_dotted(nlohmann::json& config, const std::string& path, const nlohmann::json& value);
+const nlohmann::json* find_dotted(const nlohmann::json& config, const std::string& path);
 void apply_override(nlohmann::json& config, const std::string& assignment);
+
+// Every dotted path a job config has (leaves of the canonical form), and a " (did you mean ...)"
+// hint naming the candidate nearest to a misspelt key, or "" when none is close.
+const std::vector<std::string>& config_paths();
+std::string did_you_mean(const std::string& key, const std::vector<std::string>& candidates);
 
 // Cross-field checks (top_k <= experts, divisibility, ...); parse_job_config calls it.
 void validate(const JobConfig& c);

@@ -1,0 +1,210 @@
+#include "runner/local_executor.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "db/store.hpp"
+#include "engine/train/trainer.hpp"
+
+namespace moelab {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::atomic<int> stop_signal{0};
+
+void install_runner_handlers() {
+  struct sigaction action {};
+  action.sa_handler = [](int signal) { stop_signal = signal; };
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+std::string hostname() {
+  char name[256] = {};
+  gethostname(name, sizeof name - 1);
+  return name;
+}
+
+std::string log_tail(const std::string& path, size_t lines) {
+  std::ifstream in(path);
+  std::deque<std::string> last;
+  for (std::string line; std::getline(in, line);) {
+    last.push_back(line);
+    if (last.size() > lines) last.pop_front();
+  }
+  std::string out;
+  for (auto& line : last) out += line + "\n";
+  return out;
+}
+
+struct RunningJob {
+  const PlannedJob* job;
+  int attempts_at_launch;
+  int gpu;  // -1 on CPU
+  Clock::time_point started;
+};
+
+class LocalPool {
+ public:
+  LocalPool(const std::string& sweep, const LocalRun& o) : sweep_(sweep), options_(o), store_(o.db_path) {
+    for (int g = 0; g < o.gpus; ++g) free_gpus_.push_back(g);
+  }
+
+  int run(const std::vector<PlannedJob>& jobs) {
+    for (auto& job : jobs)
+      if (wants_to_run(job)) queue_.push_back(&job);
+    std::printf("[sweep %s] %zu of %zu jobs to run, %d at a time\n", sweep_.c_str(), queue_.size(), jobs.size(),
+                options_.jobs);
+    std::fflush(stdout);
+    install_runner_handlers();
+    auto last_report = Clock::now();
+    while (!queue_.empty() || !running_.empty()) {
+      if (stop_signal && !stopping_) stop_all();
+      while (!stopping_ && !queue_.empty() && int(running_.size()) < options_.jobs) launch(queue_.front()), queue_.pop_front();
+      reap();
+      if (Clock::now() - last_report > std::chrono::seconds(10)) report(), last_report = Clock::now();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    report();
+    if (stopping_) return kExitInterrupted;
+    return failed_ ? 1 : 0;
+  }
+
+ private:
+  bool wants_to_run(const PlannedJob& job) {
+    auto row = store_.query("SELECT status, attempts FROM jobs WHERE id = '" + job.id + "'");
+    if (row.empty()) return true;
+    if (row[0][0] == "done") return false;
+    if (std::stoi(row[0][1]) >= options_.max_attempts) {
+      std::printf("[sweep %s] skip %s (%s): %s after %s attempts (max_attempts %d)\n", sweep_.c_str(), job.id.c_str(),
+                  job.config.name.c_str(), row[0][0].c_str(), row[0][1].c_str(), options_.max_attempts);
+      return false;
+    }
+    return true;
+  }
+
+  // The job's resolved config with this machine's thread share, written where the job runs.
+  std::string write_config(const PlannedJob& job, const std::string& dir) {
+    auto config = job.config.to_json();
+    if (options_.gpus == 0)
+      config["train"]["threads"] = std::max(1, int(std::thread::hardware_concurrency()) / options_.jobs);
+    const std::string path = dir + "/config.json";
+    std::ofstream(path) << config.dump(2) << "\n";
+    return path;
+  }
+
+  void launch(const PlannedJob* job) {
+    const std::string dir = job_run_dir(options_.workdir, job->id);
+    fs::create_directories(dir);
+    const std::string config = write_config(*job, dir), log = dir + "/train.log";
+    int gpu = -1;
+    if (!free_gpus_.empty()) gpu = free_gpus_.front(), free_gpus_.erase(free_gpus_.begin());
+    auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job->id + "'");
+    pid_t pid = fork();
+    if (pid == 0) {
+      setpgid(0, 0);  // its own process group: the runner decides when a job is told to stop
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      dup2(fd, STDOUT_FILENO), dup2(fd, STDERR_FILENO), close(fd);
+      if (gpu >= 0) setenv("CUDA_VISIBLE_DEVICES", std::to_string(gpu).c_str(), 1);
+      execl(options_.moelab_binary.c_str(), "moelab", "train", "--config", config.c_str(), "--db",
+            options_.db_path.c_str(), "--run-dir", dir.c_str(), "--resume", (char*)nullptr);
+      std::perror("exec moelab train");
+      _exit(127);
+    }
+    store_.set_job_executor(job->id, "local", std::to_string(pid), hostname());
+    running_[pid] = RunningJob{job, attempts.empty() ? 0 : std::stoi(attempts[0][0]), gpu, Clock::now()};
+    std::printf("[sweep %s] start %s %s (pid %d%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(), pid,
+                gpu >= 0 ? (", GPU " + std::to_string(gpu)).c_str() : "");
+    std::fflush(stdout);
+  }
+
+  void reap() {
+    int status = 0;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      auto it = running_.find(pid);
+      if (it == running_.end()) continue;
+      record(it->second, status);
+      if (it->second.gpu >= 0) free_gpus_.push_back(it->second.gpu);
+      running_.erase(it);
+    }
+  }
+
+  // The trainer records done, interrupted and diverged itself; anything else (bad input, a crash,
+  // a kill) is recorded here with the end of the job's log.
+  void record(const RunningJob& r, int status) {
+    const auto& job = *r.job;
+    const bool exited = WIFEXITED(status);
+    const int code = exited ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    const double minutes = std::chrono::duration<double>(Clock::now() - r.started).count() / 60;
+    std::string outcome;
+    if (exited && code == kExitOk) {
+      outcome = "done";
+    } else if (exited && code == kExitInterrupted) {
+      outcome = "interrupted";
+    } else {
+      const std::string log = job_run_dir(options_.workdir, job.id) + "/train.log";
+      if (!exited || code != kExitDiverged) {
+        std::string why = exited ? "exit code " + std::to_string(code) : "killed by signal " + std::to_string(WTERMSIG(status));
+        store_.set_job_status(job.id, "failed", why + "; end of " + log + ":\n" + log_tail(log, 20), code);
+        auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job.id + "'");
+        if (std::stoi(attempts[0][0]) == r.attempts_at_launch) store_.count_attempt(job.id);
+      }
+      outcome = "failed (" + (exited ? "exit code " + std::to_string(code) : "signal " + std::to_string(WTERMSIG(status))) +
+                ", log " + log + ")";
+      ++failed_;
+    }
+    std::printf("[sweep %s] %s %s %s after %.1f min\n", sweep_.c_str(), outcome.c_str(), job.id.c_str(),
+                job.config.name.c_str(), minutes);
+    std::fflush(stdout);
+  }
+
+  void stop_all() {
+    stopping_ = true;
+    std::printf("[sweep %s] signal %d: telling %zu running jobs to checkpoint and stop\n", sweep_.c_str(),
+                int(stop_signal), running_.size());
+    for (auto& [pid, job] : running_) kill(-pid, SIGTERM);
+    queue_.clear();
+  }
+
+  void report() {
+    auto counts = store_.query("SELECT status, count(*) FROM jobs WHERE sweep = '" + sweep_ + "' GROUP BY status ORDER BY status");
+    std::string line;
+    for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
+    std::printf("[sweep %s] %s | %zu running here, %zu queued\n", sweep_.c_str(), line.c_str(), running_.size(), queue_.size());
+    std::fflush(stdout);
+  }
+
+  std::string sweep_;
+  LocalRun options_;
+  Store store_;
+  std::deque<const PlannedJob*> queue_;
+  std::map<pid_t, RunningJob> running_;
+  std::vector<int> free_gpus_;
+  bool stopping_ = false;
+  int failed_ = 0;
+};
+
+}  // namespace
+
+std::string job_run_dir(const std::string& workdir, const std::string& job_id) { return workdir + "/" + job_id; }
+
+int run_local(const std::vector<PlannedJob>& jobs, const std::string& sweep, const LocalRun& options) {
+  return LocalPool(sweep, options).run(jobs);
+}
+
+}  // namespace moelab

@@ -1,0 +1,29 @@
+// The local executor: a pool of `moelab train` processes on this machine. One job per GPU when
+// GPUs exist (CUDA_VISIBLE_DEVICES), else N concurrent CPU jobs sharing the cores. Each job's
+// config, log and checkpoints live in its run directory; its rows go to the store.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "runner/sweep_spec.hpp"
+
+namespace moelab {
+
+struct LocalRun {
+  std::string db_path;
+  std::string workdir;   // run directories are <workdir>/<job id>
+  int jobs = 1;          // concurrent jobs
+  int gpus = 0;          // GPUs to hand out, one per job
+  int max_attempts = 3;
+  std::string moelab_binary;  // the `moelab` to run jobs with
+};
+
+// Runs every job that is not done and has attempts left; returns 0 when all are done, 1 when some
+// failed, 75 when interrupted by SIGINT/SIGTERM (running jobs were told to checkpoint and stop).
+int run_local(const std::vector<PlannedJob>& jobs, const std::string& sweep, const LocalRun& options);
+
+// Run directory of a job and the config file the executor writes there.
+std::string job_run_dir(const std::string& workdir, const std::string& job_id);
+
+}  // namespace moelab

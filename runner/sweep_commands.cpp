@@ -1,0 +1,230 @@
+// `moelab sweep plan|run|status|cancel` and `moelab db query`.
+#include "runner/sweep_commands.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "db/store.hpp"
+#include "runner/command_line.hpp"
+#include "runner/local_executor.hpp"
+
+namespace moelab {
+namespace po = boost::program_options;
+using nlohmann::json;
+
+namespace {
+
+std::string sql_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? "''" : std::string(1, c);
+  return out + "'";
+}
+
+std::string axes_text(const json& axes) {
+  std::string out;
+  for (auto& [path, value] : axes.items()) out += (out.empty() ? "" : " ") + path + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+  return out;
+}
+
+// Columns padded to their widest cell.
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size());
+  for (size_t c = 0; c < header.size(); ++c) width[c] = header[c].size();
+  for (auto& row : rows)
+    for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  auto print_row = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) line += row[c] + std::string(c + 1 < row.size() ? width[c] - row[c].size() + 2 : 0, ' ');
+    std::printf("%s\n", line.c_str());
+  };
+  print_row(header);
+  for (auto& row : rows) print_row(row);
+}
+
+int plan(const std::vector<std::string>& args) {
+  std::string spec_path, db_path;
+  po::options_description options("moelab sweep plan");
+  options.add_options()("spec", po::value(&spec_path)->required(), "sweep spec JSON")("json", "print jobs as JSON")(
+      "db", po::value(&db_path), "show each job's status from this store, if it exists");
+  po::positional_options_description positional;
+  positional.add("spec", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "sweep plan SPEC [--json] [--db FILE]", options, vm, positional)) return 0;
+  auto spec = load_sweep_spec(spec_path);
+  auto jobs = expand(spec);
+  if (vm.count("json")) {
+    json out = json::array();
+    for (auto& job : jobs) out.push_back({{"id", job.id}, {"name", job.config.name}, {"axes", job.axes}, {"config", job.config.to_json()}});
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  std::map<std::string, std::string> status;
+  if (!db_path.empty() && std::filesystem::exists(db_path)) {
+    Store store(db_path);
+    for (auto& row : store.query("SELECT id, status FROM jobs WHERE sweep = " + sql_quote(spec.name))) status[row[0]] = row[1];
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (auto& job : jobs)
+    rows.push_back({job.id, status.count(job.id) ? status[job.id] : "new", job.config.model.router_label(), axes_text(job.axes)});
+  print_table({"id", "status", "router", "axes"}, rows);
+  std::printf("%zu jobs in sweep %s\n", jobs.size(), spec.name.c_str());
+  return 0;
+}
+
+int visible_gpus() {
+  if (const char* env = std::getenv("CUDA_VISIBLE_DEVICES"); env && *env) {
+    int count = 1;
+    for (const char* p = env; *p; ++p) count += *p == ',';
+    return count;
+  }
+  return 0;
+}
+
+int run(const std::vector<std::string>& args) {
+  std::string spec_path, executor;
+  LocalRun local;
+  po::options_description options("moelab sweep run");
+  options.add_options()
+      ("spec", po::value(&spec_path)->required(), "sweep spec JSON")
+      ("executor", po::value(&executor)->default_value("local"), "local (slurm: not yet)")
+      ("jobs", po::value(&local.jobs)->default_value(0), "concurrent local jobs (default: the spec's local.jobs, else 1)")
+      ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
+      ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)");
+  po::positional_options_description positional;
+  positional.add("spec", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "sweep run SPEC [--jobs N] [--db FILE] [--workdir DIR]", options, vm, positional)) return 0;
+  if (executor != "local") throw std::runtime_error("--executor " + executor + ": only the local executor exists so far");
+  auto spec = load_sweep_spec(spec_path);
+  auto jobs = expand(spec);  // a bad spec fails here, before the store is touched
+  if (local.workdir.empty()) local.workdir = "runs/" + spec.name;
+  local.gpus = visible_gpus();
+  if (local.jobs == 0) local.jobs = spec.local.jobs > 0 ? spec.local.jobs : std::max(1, local.gpus);
+  if (local.gpus > 0) local.jobs = std::min(local.jobs, local.gpus);
+  local.max_attempts = spec.max_attempts;
+  local.moelab_binary = std::filesystem::read_symlink("/proc/self/exe").string();
+  {
+    Store store(local.db_path);
+    store.transaction([&] {
+      store.upsert_sweep(spec.name, spec.source.dump());
+      for (auto& job : jobs) {
+        store.upsert_job(JobRow{job.id, job.config.name, spec.name, job.config.to_json().dump(), job.axes.dump(),
+                                job.config.train.steps});
+        if (store.job_status(job.id) == "cancelled") store.set_job_status(job.id, "queued");
+      }
+    });
+  }
+  return run_local(jobs, spec.name, local);
+}
+
+void print_status(Store& store, const std::string& sweep) {
+  auto where = sweep.empty() ? std::string("1") : "j.sweep = " + sql_quote(sweep);
+  auto counts = store.query("SELECT status, count(*) FROM jobs j WHERE " + where + " GROUP BY status ORDER BY status");
+  std::string summary;
+  for (auto& row : counts) summary += (summary.empty() ? "" : ", ") + row[1] + " " + row[0];
+  std::printf("%s%s\n", sweep.empty() ? "all jobs: " : ("sweep " + sweep + ": ").c_str(), summary.empty() ? "no jobs" : summary.c_str());
+  // ETA from the last logged throughput: remaining steps x tokens per step / tokens per second.
+  auto rows = store.query(
+      "SELECT j.id, j.status, ifnull(p.step, 0) || '/' || j.total_steps, ifnull(printf('%.4f', p.train_loss), '-'), "
+      "ifnull((SELECT printf('%.4f', loss) FROM latest_val_loss v WHERE v.job_id = j.id), '-'), "
+      "ifnull((SELECT printf('%.0fs', (j.total_steps - m.step) * json_extract(j.config_json, '$.train.batch_size') * "
+      "  json_extract(j.config_json, '$.model.seq_len') / m.tokens_per_s) FROM metrics m WHERE m.job_id = j.id AND "
+      "  m.split = 'train' AND m.tokens_per_s > 0 AND j.status = 'running' ORDER BY m.step DESC LIMIT 1), '-'), "
+      "j.executor_id, j.attempts, j.axes_json "
+      "FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE " + where + " ORDER BY j.name");
+  for (auto& row : rows) row.back() = axes_text(json::parse(row.back()));
+  print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "executor_id", "attempts", "axes"}, rows);
+}
+
+int status(const std::vector<std::string>& args) {
+  std::string sweep, db_path;
+  po::options_description options("moelab sweep status");
+  options.add_options()("name", po::value(&sweep), "sweep name (default: every job)")(
+      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store")("watch", "refresh every 2 s while jobs run");
+  po::positional_options_description positional;
+  positional.add("name", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "sweep status [NAME] [--watch] [--db FILE]", options, vm, positional)) return 0;
+  if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
+  Store store(db_path);
+  for (;;) {
+    if (vm.count("watch")) std::printf("\033[H\033[2J");
+    print_status(store, sweep);
+    std::fflush(stdout);
+    if (!vm.count("watch")) return 0;
+    auto active = store.query("SELECT count(*) FROM jobs j WHERE status IN ('queued', 'running')" +
+                              (sweep.empty() ? std::string() : " AND sweep = " + sql_quote(sweep)));
+    if (active[0][0] == "0") return 0;
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+}
+
+// Running local jobs on this host get SIGTERM (they checkpoint); every unfinished job is marked cancelled.
+int cancel(const std::vector<std::string>& args) {
+  std::string sweep, db_path;
+  po::options_description options("moelab sweep cancel");
+  options.add_options()("name", po::value(&sweep)->required(), "sweep name")(
+      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store");
+  po::positional_options_description positional;
+  positional.add("name", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "sweep cancel NAME [--db FILE]", options, vm, positional)) return 0;
+  if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
+  Store store(db_path);
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  auto unfinished = store.query("SELECT id, status, executor, executor_id, host FROM jobs WHERE sweep = " + sql_quote(sweep) +
+                                " AND status NOT IN ('done', 'cancelled')");
+  std::vector<pid_t> stopping;
+  for (auto& row : unfinished)
+    if (row[1] == "running" && row[2] == "local" && row[4] == host && !row[3].empty()) {
+      pid_t pid = std::stoi(row[3]);
+      if (kill(-pid, SIGTERM) == 0) stopping.push_back(pid);
+    }
+  for (int i = 0; i < 600 && !stopping.empty(); ++i) {  // wait up to a minute for their checkpoints
+    std::erase_if(stopping, [](pid_t pid) { return kill(pid, 0) != 0; });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (auto& row : unfinished) store.set_job_status(row[0], "cancelled", "cancelled by moelab sweep cancel");
+  std::printf("cancelled %zu jobs of sweep %s\n", unfinished.size(), sweep.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int sweep_command(const std::vector<std::string>& args) {
+  const std::string usage = "usage: moelab sweep plan|run|status|cancel ...";
+  if (args.empty()) throw std::runtime_error(usage);
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "plan") return plan(rest);
+  if (args[0] == "run") return run(rest);
+  if (args[0] == "status") return status(rest);
+  if (args[0] == "cancel") return cancel(rest);
+  throw std::runtime_error("unknown sweep command \"" + args[0] + "\"; " + usage);
+}
+
+int db_command(const std::vector<std::string>& args) {
+  std::string sql, db_path;
+  po::options_description options("moelab db query");
+  options.add_options()("sql", po::value(&sql)->required(), "a read-only SQL statement")(
+      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store");
+  po::positional_options_description positional;
+  positional.add("sql", 1);
+  po::variables_map vm;
+  if (args.empty() || args[0] != "query") throw std::runtime_error("usage: moelab db query \"SQL\" [--db FILE]");
+  if (!parse_options({args.begin() + 1, args.end()}, "db query \"SQL\" [--db FILE]", options, vm, positional)) return 0;
+  if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
+  Store store(db_path);
+  auto table = store.query_table(sql);
+  print_table(table.columns, table.rows);
+  return 0;
+}
+
+}  // namespace moelab

@@ -1,0 +1,220 @@
+#include "runner/sweep_spec.hpp"
+
+#include <algorithm>
+#include <set>
+
+namespace moelab {
+namespace {
+
+using nlohmann::json;
+using Dimension = std::vector<std::pair<std::string, std::vector<json>>>;  // paths varied together
+
+const std::vector<std::string> kSpecKeys = {"name", "base", "axes", "zip", "include", "exclude", "max_attempts",
+                                            "local", "slurm"};
+
+[[noreturn]] void fail(const std::string& where, const std::string& message) { throw ConfigError(where + ": " + message); }
+
+// "model.top_k: message" -> "message": the caller says where in the spec the value came from.
+std::string without_path(const ConfigError& e) {
+  std::string message = e.what();
+  auto colon = message.find(": ");
+  return colon == std::string::npos ? message : message.substr(colon + 2);
+}
+
+void check_config_path(const std::string& path, const std::string& where) {
+  const auto& paths = config_paths();
+  if (std::find(paths.begin(), paths.end(), path) == paths.end())
+    fail(where, "unknown config path" + did_you_mean(path, paths));
+}
+
+// A value at `path` must parse as that field (types, known router names come later with the whole config).
+void check_value(const json& base, const std::string& path, const json& value, const std::string& where) {
+  json config = base;
+  set_dotted(config, path, value);
+  try {
+    parse_job_config(config, /*cross_checks=*/false);
+  } catch (const ConfigError& e) {
+    if (std::string(e.what()).starts_with(path + ":")) fail(where, without_path(e));
+    throw;
+  }
+}
+
+std::vector<json> value_list(const json& values, const std::string& where) {
+  if (!values.is_array()) fail(where, "expected a list of values, got " + values.dump());
+  if (values.empty()) fail(where, "empty list: an axis needs at least one value");
+  return values.get<std::vector<json>>();
+}
+
+Dimension parse_paths_to_lists(const json& j, const json& base, const std::string& where) {
+  if (!j.is_object()) fail(where, "expected an object of config paths to lists, got " + j.dump());
+  Dimension dimension;
+  for (auto& [path, values] : j.items()) {
+    check_config_path(path, where + "." + path);
+    auto list = value_list(values, where + "." + path);
+    for (size_t i = 0; i < list.size(); ++i)
+      check_value(base, path, list[i], where + "." + path + "[" + std::to_string(i) + "]");
+    dimension.emplace_back(path, std::move(list));
+  }
+  return dimension;
+}
+
+std::vector<json> parse_partial_configs(const json& j, const json& base, const std::string& where) {
+  if (!j.is_array()) fail(where, "expected a list of objects of config paths to values, got " + j.dump());
+  std::vector<json> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const std::string item = where + "[" + std::to_string(i) + "]";
+    if (!j[i].is_object() || j[i].empty()) fail(item, "expected a non-empty object of config paths to values");
+    for (auto& [path, value] : j[i].items()) {
+      check_config_path(path, item + "." + path);
+      check_value(base, path, value, item + "." + path);
+    }
+    out.push_back(j[i]);
+  }
+  return out;
+}
+
+std::string short_label(const std::string& path) {
+  if (path == "seed") return "seed";
+  auto dot = path.rfind('.');
+  return dot == std::string::npos ? path : path.substr(dot + 1);
+}
+
+std::string value_label(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// The job for one point of the sweep: base + the point's values, checked as a whole config.
+PlannedJob make_job(const SweepSpec& spec, const json& point) {
+  json config = spec.base;
+  std::string label;
+  for (auto& [path, value] : point.items()) {
+    set_dotted(config, path, value);
+    label += (label.empty() ? "" : ",") + short_label(path) + "=" + value_label(value);
+  }
+  config["name"] = spec.name + (label.empty() ? "" : "/" + label);
+  PlannedJob job;
+  try {
+    job.config = parse_job_config(config);
+  } catch (const ConfigError& e) {
+    throw ConfigError("job " + point.dump() + ": " + e.what());
+  }
+  job.id = job.config.hash();
+  job.axes = point;
+  return job;
+}
+
+bool matches(const PlannedJob& job, const json& pattern) {
+  const json resolved = job.config.to_json();
+  for (auto& [path, value] : pattern.items()) {
+    const json* actual = job.axes.contains(path) ? &job.axes[path] : find_dotted(resolved, path);
+    if (!actual || *actual != value) return false;
+  }
+  return true;
+}
+
+// Every point of the product of the dimensions, the last dimension varying fastest.
+std::vector<json> product(const std::vector<Dimension>& dimensions) {
+  std::vector<json> points = {json::object()};
+  for (auto& dimension : dimensions) {
+    std::vector<json> next;
+    const size_t length = dimension.front().second.size();
+    for (auto& point : points)
+      for (size_t i = 0; i < length; ++i) {
+        json extended = point;
+        for (auto& [path, values] : dimension) extended[path] = values[i];
+        next.push_back(std::move(extended));
+      }
+    points = std::move(next);
+  }
+  return points;
+}
+
+}  // namespace
+
+SweepSpec parse_sweep_spec(const json& j) {
+  if (!j.is_object()) fail("(top level)", std::string("expected an object, got ") + j.type_name());
+  for (auto& [key, value] : j.items())
+    if (std::find(kSpecKeys.begin(), kSpecKeys.end(), key) == kSpecKeys.end())
+      fail(key, "unknown key" + did_you_mean(key, kSpecKeys));
+  SweepSpec spec;
+  spec.source = j;
+  if (!j.contains("name") || !j["name"].is_string() || j["name"].get<std::string>().empty())
+    fail("name", "expected a non-empty string naming the sweep");
+  spec.name = j["name"];
+  if (spec.name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != std::string::npos)
+    fail("name", "\"" + spec.name + "\" may use only letters, digits, '_', '.' and '-'");
+  if (j.contains("base")) {
+    if (!j["base"].is_object()) fail("base", std::string("expected a job config object, got ") + j["base"].type_name());
+    spec.base = j["base"];
+    try {
+      parse_job_config(spec.base, /*cross_checks=*/false);
+    } catch (const ConfigError& e) {
+      throw ConfigError("base." + std::string(e.what()));
+    }
+  }
+  if (j.contains("axes")) {
+    auto axes = parse_paths_to_lists(j["axes"], spec.base, "axes");
+    for (auto& axis : axes) spec.axes.push_back(axis);
+  }
+  if (j.contains("zip")) {
+    if (!j["zip"].is_array()) fail("zip", "expected a list of groups (objects of config paths to equally long lists)");
+    for (size_t g = 0; g < j["zip"].size(); ++g) {
+      const std::string where = "zip[" + std::to_string(g) + "]";
+      auto group = parse_paths_to_lists(j["zip"][g], spec.base, where);
+      if (group.empty()) fail(where, "empty group");
+      for (auto& [path, values] : group)
+        if (values.size() != group.front().second.size())
+          fail(where + "." + path, "has " + std::to_string(values.size()) + " values but " + group.front().first + " has " +
+                                       std::to_string(group.front().second.size()) + "; zipped lists must be equally long");
+      spec.zips.push_back(std::move(group));
+    }
+  }
+  std::set<std::string> varied;
+  for (auto& [path, values] : spec.axes) varied.insert(path);
+  for (size_t g = 0; g < spec.zips.size(); ++g)
+    for (auto& [path, values] : spec.zips[g])
+      if (!varied.insert(path).second)
+        fail("zip[" + std::to_string(g) + "]." + path, "this path is already varied by another axis or zip group");
+  if (j.contains("include")) spec.include = parse_partial_configs(j["include"], spec.base, "include");
+  if (j.contains("exclude")) spec.exclude = parse_partial_configs(j["exclude"], spec.base, "exclude");
+  if (j.contains("max_attempts")) {
+    if (!j["max_attempts"].is_number_integer() || j["max_attempts"].get<int>() < 1)
+      fail("max_attempts", "expected a positive integer, got " + j["max_attempts"].dump());
+    spec.max_attempts = j["max_attempts"];
+  }
+  if (j.contains("local")) {
+    const json& local = j["local"];
+    if (!local.is_object()) fail("local", "expected an object");
+    for (auto& [key, value] : local.items()) {
+      if (key != "jobs") fail("local." + key, "unknown key" + did_you_mean(key, {"jobs"}));
+      if (!value.is_number_integer() || value.get<int>() < 0) fail("local.jobs", "expected an integer >= 0, got " + value.dump());
+      spec.local.jobs = value;
+    }
+  }
+  if (j.contains("slurm")) {
+    if (!j["slurm"].is_object()) fail("slurm", "expected an object");
+    spec.slurm = j["slurm"];
+  }
+  return spec;
+}
+
+SweepSpec load_sweep_spec(const std::string& path) { return parse_sweep_spec(read_json_file(path)); }
+
+std::vector<PlannedJob> expand(const SweepSpec& spec) {
+  std::vector<Dimension> dimensions;
+  for (auto& axis : spec.axes) dimensions.push_back({axis});
+  for (auto& group : spec.zips) dimensions.push_back(group);
+
+  std::vector<PlannedJob> jobs;
+  std::set<std::string> seen;
+  auto add = [&](PlannedJob job) {
+    if (seen.insert(job.id).second) jobs.push_back(std::move(job));
+  };
+  for (auto& point : product(dimensions)) {
+    auto job = make_job(spec, point);
+    bool excluded = std::any_of(spec.exclude.begin(), spec.exclude.end(), [&](const json& e) { return matches(job, e); });
+    if (!excluded) add(std::move(job));
+  }
+  for (auto& extra : spec.include) add(make_job(spec, extra));
+  return jobs;
+}
+
+}  // namespace moelab
