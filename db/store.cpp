@@ -15,13 +15,20 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// One prepared statement; binds by position, steps to completion, finalizes on scope exit.
+}  // namespace
+
+// One use of a prepared statement; binds by position, steps to completion. Statements come from
+// the store's cache (prepared once per connection) and are reset for the next use on scope exit.
 class Statement {
  public:
-  Statement(sqlite3* db, const std::string& sql) : db_(db), sql_(sql) {
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt_, nullptr) != SQLITE_OK) fail("prepare");
+  Statement(sqlite3* db, sqlite3_stmt*& cached, const std::string& sql) : db_(db), sql_(sql) {
+    if (!cached && sqlite3_prepare_v2(db, sql.c_str(), -1, &cached, nullptr) != SQLITE_OK) fail("prepare");
+    stmt_ = cached;
   }
-  ~Statement() { sqlite3_finalize(stmt_); }
+  ~Statement() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
 
   Statement& bind(const std::string& v) { return check(sqlite3_bind_text(stmt_, ++index_, v.c_str(), -1, SQLITE_TRANSIENT)); }
   Statement& bind(const char* v) { return bind(std::string(v)); }
@@ -69,7 +76,16 @@ class Statement {
   int index_ = 0;
 };
 
-}  // namespace
+Statement Store::statement(const std::string& sql) const { return Statement(db_, statements_[sql], sql); }
+
+void Store::write_for_job(const std::string& job_id, const char* table, const std::function<void()>& write) {
+  try {
+    write();
+  } catch (const StoreError&) {
+    require_job(job_id, table);  // a clearer message when the job is unknown (a foreign key failed)
+    throw;
+  }
+}
 
 Store::Store(const std::string& path) : path_(path) {
   auto parent = std::filesystem::path(path).parent_path();
@@ -90,7 +106,10 @@ Store::Store(const std::string& path) : path_(path) {
   }
 }
 
-Store::~Store() { sqlite3_close(db_); }
+Store::~Store() {
+  for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+  sqlite3_close(db_);
+}
 
 int Store::schema_version() { return migrations().back().version; }
 
@@ -133,7 +152,7 @@ void Store::transaction(const std::function<void()>& fn) {
 }
 
 void Store::upsert_job(const JobRow& job) {
-  Statement(db_,
+  statement(
             "INSERT INTO jobs (id, name, sweep, config_json, axes_json, total_steps, created_at) VALUES (?,?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET name = excluded.name, total_steps = excluded.total_steps, "
             // a job started on its own (no sweep, no axes) keeps what its sweep recorded
@@ -148,8 +167,7 @@ void Store::set_job_status(const std::string& job_id, const std::string& status,
                            std::optional<int> exit_code) {
   const bool running = status == "running";
   const bool terminal = status == "done" || status == "failed" || status == "cancelled" || status == "interrupted";
-  int changed = Statement(db_,
-                          "UPDATE jobs SET status = ?, error = ?, exit_code = ?, "
+  int changed = statement("UPDATE jobs SET status = ?, error = ?, exit_code = ?, "
                           "attempts = attempts + ?, started_at = CASE WHEN ? THEN ? ELSE started_at END, "
                           "finished_at = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE finished_at END WHERE id = ?")
                     .bind(status).bind(error).bind(exit_code).bind(int(running)).bind(int(running)).bind(now_seconds())
@@ -161,18 +179,18 @@ void Store::set_job_status(const std::string& job_id, const std::string& status,
 void Store::set_job_executor(const std::string& job_id, const std::string& executor, const std::string& executor_id,
                              const std::string& host) {
   require_job(job_id, "jobs");
-  Statement(db_, "UPDATE jobs SET executor = ?, executor_id = ?, host = ? WHERE id = ?")
+  statement("UPDATE jobs SET executor = ?, executor_id = ?, host = ? WHERE id = ?")
       .bind(executor).bind(executor_id).bind(host).bind(job_id)
       .run();
 }
 
 void Store::count_attempt(const std::string& job_id) {
   require_job(job_id, "jobs");
-  Statement(db_, "UPDATE jobs SET attempts = attempts + 1 WHERE id = ?").bind(job_id).run();
+  statement("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?").bind(job_id).run();
 }
 
 void Store::upsert_sweep(const std::string& name, const std::string& spec_json) {
-  Statement(db_,
+  statement(
             "INSERT INTO sweeps (name, spec_json, created_at) VALUES (?,?,?) "
             "ON CONFLICT(name) DO UPDATE SET spec_json = excluded.spec_json")
       .bind(name).bind(spec_json).bind(now_seconds())
@@ -180,7 +198,7 @@ void Store::upsert_sweep(const std::string& name, const std::string& spec_json) 
 }
 
 std::optional<std::string> Store::job_status(const std::string& job_id) const {
-  Statement s(db_, "SELECT status FROM jobs WHERE id = ?");
+  Statement s = statement("SELECT status FROM jobs WHERE id = ?");
   s.bind(job_id);
   if (!s.next_row()) return std::nullopt;
   return s.text(0);
@@ -191,62 +209,67 @@ void Store::require_job(const std::string& job_id, const char* table) const {
 }
 
 void Store::put_metric(const MetricRow& r) {
-  require_job(r.job_id, "metrics");
-  Statement(db_,
-            "INSERT INTO metrics (job_id, step, split, loss, tokens, lr, grad_norm, tokens_per_s, wall_time) "
-            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, step, split) DO UPDATE SET loss = excluded.loss, "
-            "tokens = excluded.tokens, lr = excluded.lr, grad_norm = excluded.grad_norm, "
-            "tokens_per_s = excluded.tokens_per_s, wall_time = excluded.wall_time")
-      .bind(r.job_id).bind(r.step).bind(r.split).bind(r.loss).bind(r.tokens).bind(r.lr).bind(r.grad_norm)
-      .bind(r.tokens_per_s).bind(r.wall_time)
-      .run();
+  write_for_job(r.job_id, "metrics", [&] {
+    statement(
+              "INSERT INTO metrics (job_id, step, split, loss, tokens, lr, grad_norm, tokens_per_s, wall_time) "
+              "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, step, split) DO UPDATE SET loss = excluded.loss, "
+              "tokens = excluded.tokens, lr = excluded.lr, grad_norm = excluded.grad_norm, "
+              "tokens_per_s = excluded.tokens_per_s, wall_time = excluded.wall_time")
+        .bind(r.job_id).bind(r.step).bind(r.split).bind(r.loss).bind(r.tokens).bind(r.lr).bind(r.grad_norm)
+        .bind(r.tokens_per_s).bind(r.wall_time)
+        .run();
+  });
 }
 
 void Store::put_routing(const RoutingRow& r) {
-  require_job(r.job_id, "routing_stats");
-  Statement(db_,
-            "INSERT INTO routing_stats (job_id, step, layer, expert_fraction_json, load_std, load_max_over_mean, "
-            "dead_experts, positive_gates, fewer_than_k, router_cosine) VALUES (?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(job_id, step, layer) DO UPDATE SET expert_fraction_json = excluded.expert_fraction_json, "
-            "load_std = excluded.load_std, load_max_over_mean = excluded.load_max_over_mean, "
-            "dead_experts = excluded.dead_experts, positive_gates = excluded.positive_gates, "
-            "fewer_than_k = excluded.fewer_than_k, "
-            "router_cosine = excluded.router_cosine")
-      .bind(r.job_id).bind(r.step).bind(r.layer).bind(nlohmann::json(r.expert_fraction).dump()).bind(r.load_std)
-      .bind(r.load_max_over_mean).bind(r.dead_experts).bind(r.positive_gates).bind(r.fewer_than_k).bind(r.router_cosine)
-      .run();
+  write_for_job(r.job_id, "routing_stats", [&] {
+    statement(
+              "INSERT INTO routing_stats (job_id, step, layer, expert_fraction_json, load_std, load_max_over_mean, "
+              "dead_experts, positive_gates, fewer_than_k, router_cosine) VALUES (?,?,?,?,?,?,?,?,?,?) "
+              "ON CONFLICT(job_id, step, layer) DO UPDATE SET expert_fraction_json = excluded.expert_fraction_json, "
+              "load_std = excluded.load_std, load_max_over_mean = excluded.load_max_over_mean, "
+              "dead_experts = excluded.dead_experts, positive_gates = excluded.positive_gates, "
+              "fewer_than_k = excluded.fewer_than_k, "
+              "router_cosine = excluded.router_cosine")
+        .bind(r.job_id).bind(r.step).bind(r.layer).bind(nlohmann::json(r.expert_fraction).dump()).bind(r.load_std)
+        .bind(r.load_max_over_mean).bind(r.dead_experts).bind(r.positive_gates).bind(r.fewer_than_k).bind(r.router_cosine)
+        .run();
+  });
 }
 
 void Store::put_checkpoint(const CheckpointRow& r) {
-  require_job(r.job_id, "checkpoints");
-  Statement(db_,
-            "INSERT INTO checkpoints (job_id, step, path, sha256, created_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT(job_id, step) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256, "
-            "created_at = excluded.created_at")
-      .bind(r.job_id).bind(r.step).bind(r.path).bind(r.sha256).bind(now_seconds())
-      .run();
+  write_for_job(r.job_id, "checkpoints", [&] {
+    statement(
+              "INSERT INTO checkpoints (job_id, step, path, sha256, created_at) VALUES (?,?,?,?,?) "
+              "ON CONFLICT(job_id, step) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256, "
+              "created_at = excluded.created_at")
+        .bind(r.job_id).bind(r.step).bind(r.path).bind(r.sha256).bind(now_seconds())
+        .run();
+  });
 }
 
 void Store::put_eval(const EvalRow& r) {
-  require_job(r.job_id, "evals");
-  Statement(db_,
-            "INSERT INTO evals (job_id, step, task, metric, value, stderr, samples, source) VALUES (?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(job_id, step, task, metric) DO UPDATE SET value = excluded.value, stderr = excluded.stderr, "
-            "samples = excluded.samples, source = excluded.source")
-      .bind(r.job_id).bind(r.step).bind(r.task).bind(r.metric).bind(r.value).bind(r.stderr_value).bind(r.samples)
-      .bind(r.source)
-      .run();
+  write_for_job(r.job_id, "evals", [&] {
+    statement(
+              "INSERT INTO evals (job_id, step, task, metric, value, stderr, samples, source) VALUES (?,?,?,?,?,?,?,?) "
+              "ON CONFLICT(job_id, step, task, metric) DO UPDATE SET value = excluded.value, stderr = excluded.stderr, "
+              "samples = excluded.samples, source = excluded.source")
+        .bind(r.job_id).bind(r.step).bind(r.task).bind(r.metric).bind(r.value).bind(r.stderr_value).bind(r.samples)
+        .bind(r.source)
+        .run();
+  });
 }
 
 void Store::log_event(const std::string& job_id, const std::string& level, const std::string& message) {
-  require_job(job_id, "events");
-  Statement(db_, "INSERT INTO events (job_id, time, level, message) VALUES (?,?,?,?)")
-      .bind(job_id).bind(now_seconds()).bind(level).bind(message)
-      .run();
+  write_for_job(job_id, "events", [&] {
+    statement("INSERT INTO events (job_id, time, level, message) VALUES (?,?,?,?)")
+        .bind(job_id).bind(now_seconds()).bind(level).bind(message)
+        .run();
+  });
 }
 
 Store::Table Store::query_table(const std::string& sql) const {
-  Statement s(db_, sql);
+  Statement s = statement(sql);
   if (!s.read_only()) throw StoreError("query refuses a statement that writes: " + sql);
   Table table;
   for (int c = 0; c < s.columns(); ++c) table.columns.push_back(s.column_name(c));

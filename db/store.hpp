@@ -11,9 +11,14 @@
 #include <string>
 #include <vector>
 
+#include <unordered_map>
+
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace moelab {
+
+class Statement;
 
 struct StoreError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -117,10 +122,13 @@ class Store {
 
  private:
   void exec(const std::string& sql) const;
+  Statement statement(const std::string& sql) const;
+  void write_for_job(const std::string& job_id, const char* table, const std::function<void()>& write);
   void migrate();
   void require_job(const std::string& job_id, const char* table) const;  // rows must name a known job
   std::string path_;
   sqlite3* db_ = nullptr;
+  mutable std::unordered_map<std::string, sqlite3_stmt*> statements_;  // prepared once per connection
 };
 
 }  // namespace moelab

@@ -124,6 +124,8 @@ int run(const std::vector<std::string>& args) {
   return run_local(jobs, spec.name, local);
 }
 
+}  // namespace
+
 void print_status(Store& store, const std::string& sweep) {
   auto where = sweep.empty() ? std::string("1") : "j.sweep = " + sql_quote(sweep);
   auto counts = store.query("SELECT status, count(*) FROM jobs j WHERE " + where + " GROUP BY status ORDER BY status");
@@ -142,6 +144,8 @@ void print_status(Store& store, const std::string& sweep) {
   for (auto& row : rows) row.back() = axes_text(json::parse(row.back()));
   print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "executor_id", "attempts", "axes"}, rows);
 }
+
+namespace {
 
 int status(const std::vector<std::string>& args) {
   std::string sweep, db_path;

@@ -243,4 +243,38 @@ TEST_F(SweepCli, LocalExecutorSurvivesAFailureAndAKillAndResumes) {
   EXPECT_NE(query.output.find("n\n5"), std::string::npos) << query.output;
 }
 
+
+// SIGTERM to the runner reaches its jobs: they checkpoint, are marked interrupted, and it exits 75.
+TEST_F(SweepCli, SigtermToTheRunnerInterruptsItsJobs) {
+  auto j = tiny_sweep(100000);
+  j["name"] = "long", j["axes"] = {{"seed", {0, 1}}};
+  j.erase("include");
+  const std::string store = (root_ / "long.db").string();
+  const std::string spec = write(j, "long.json"), workdir = (root_ / "long").string();
+  pid_t runner = fork();
+  if (runner == 0) {
+    freopen((root_ / "long.log").c_str(), "w", stdout);
+    execl(MOELAB_BIN, MOELAB_BIN, "sweep", "run", spec.c_str(), "--jobs", "2", "--db", store.c_str(), "--workdir",
+          workdir.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  auto running = [&] {
+    if (!fs::exists(store)) return false;
+    return Store(store).query("SELECT count(*) FROM job_progress WHERE status = 'running' AND step >= 3")[0][0] == "2";
+  };
+  for (int i = 0; i < 1200 && !running(); ++i) usleep(50000);
+  ASSERT_TRUE(running()) << "the jobs did not start";
+  kill(runner, SIGTERM);
+  int status = 0;
+  waitpid(runner, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 75);
+  Store s(store);
+  EXPECT_EQ(s.query("SELECT count(*) FROM jobs WHERE status = 'interrupted'")[0][0], "2");
+  // Each job's newest checkpoint is at the last step it logged.
+  EXPECT_EQ(s.query("SELECT count(*) FROM jobs j WHERE (SELECT max(step) FROM checkpoints WHERE job_id = j.id) = "
+                    "(SELECT max(step) FROM metrics WHERE job_id = j.id AND split = 'train')")[0][0],
+            "2");
+}
+
 }  // namespace
