@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "db/store.hpp"
+#include "run_moelab.hpp"
 #include "runner/sweep_spec.hpp"
 
 namespace fs = std::filesystem;
@@ -118,31 +119,13 @@ TEST(SweepValidation, MalformedSpecsNameTheJsonPath) {
 
 namespace {
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result moelab(const std::string& args) {
-  FILE* pipe = popen((std::string(MOELAB_BIN) + " " + args + " 2>&1").c_str(), "r");
-  std::string output;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
-}
+using moelab::testing::run_moelab;
 
 class SweepCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = fs::temp_directory_path() / ("moelab_sweep_" + std::to_string(getpid()));
-    fs::create_directories(root_);
-    std::ifstream corpus(std::string(MOELAB_ASSETS_DIR) + "/corpus/austen.txt");
-    ASSERT_TRUE(corpus) << "run scripts/setup.sh";
-    std::string text(200000, '\0');
-    corpus.read(text.data(), text.size());
-    std::ofstream(root_ / "slice.txt") << text;
-    auto r = moelab("data prepare --corpus " + (root_ / "slice.txt").string() + " --tokenizer bytes --out " + (root_ / "data").string());
+    auto r = moelab::testing::prepare_corpus_slice(root_, 200000);
     ASSERT_EQ(r.code, 0) << r.output;
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
@@ -175,7 +158,7 @@ class SweepCli : public ::testing::Test {
 
 TEST_F(SweepCli, BadSpecsWriteNothingToTheStore) {
   for (auto& bad : malformed_specs()) {
-    auto r = moelab("sweep run " + write(bad.spec, "bad.json") + " --db " + (root_ / "bad.db").string() + " --workdir " +
+    auto r = run_moelab("sweep run " + write(bad.spec, "bad.json") + " --db " + (root_ / "bad.db").string() + " --workdir " +
                     (root_ / "bad").string());
     EXPECT_EQ(r.code, 2) << r.output;
     EXPECT_NE(r.output.find(bad.message), std::string::npos) << r.output;
@@ -185,7 +168,7 @@ TEST_F(SweepCli, BadSpecsWriteNothingToTheStore) {
 }
 
 TEST_F(SweepCli, PlanPrintsJobsAsJson) {
-  auto r = moelab("sweep plan --json " + write(tiny_sweep(40), "plan.json"));
+  auto r = run_moelab("sweep plan --json " + write(tiny_sweep(40), "plan.json"));
   ASSERT_EQ(r.code, 0) << r.output;
   auto jobs = json::parse(r.output);
   ASSERT_EQ(jobs.size(), 5u);
@@ -224,7 +207,7 @@ TEST_F(SweepCli, LocalExecutorSurvivesAFailureAndAKillAndResumes) {
   EXPECT_NE(one("SELECT error FROM jobs WHERE id = '" + victim + "'").find("killed by signal 9"), std::string::npos);
   EXPECT_EQ(one("SELECT count(*) FROM jobs WHERE status = 'done'"), "3");
 
-  auto second = moelab(args);
+  auto second = run_moelab(args);
   EXPECT_EQ(second.code, 1) << second.output;  // the diverging job fails again
   EXPECT_EQ(one("SELECT count(*) FROM jobs WHERE status = 'done'"), "4");
   EXPECT_EQ(one("SELECT count(*) FROM events WHERE job_id = '" + victim + "' AND message LIKE 'resumed from step %'"), "1");
@@ -235,11 +218,11 @@ TEST_F(SweepCli, LocalExecutorSurvivesAFailureAndAKillAndResumes) {
   EXPECT_EQ(one("SELECT count(*) FROM (SELECT DISTINCT job_id, step, split FROM metrics)"), one("SELECT count(*) FROM metrics"));
   EXPECT_EQ(one("SELECT count(DISTINCT sweep) FROM jobs"), "1");
 
-  auto third = moelab(args);  // nothing left but the job out of attempts
+  auto third = run_moelab(args);  // nothing left but the job out of attempts
   EXPECT_NE(third.output.find("0 of 5 jobs to run"), std::string::npos) << third.output;
-  auto status_output = moelab("sweep status tiny --db " + db());
+  auto status_output = run_moelab("sweep status tiny --db " + db());
   EXPECT_NE(status_output.output.find("sweep tiny: 4 done, 1 failed"), std::string::npos) << status_output.output;
-  auto query = moelab("db query \"SELECT count(*) AS n FROM jobs\" --db " + db());
+  auto query = run_moelab("db query \"SELECT count(*) AS n FROM jobs\" --db " + db());
   EXPECT_NE(query.output.find("n\n5"), std::string::npos) << query.output;
 }
 

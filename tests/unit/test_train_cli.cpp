@@ -11,6 +11,7 @@
 #include <map>
 
 #include "db/store.hpp"
+#include "run_moelab.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/train/trainer.hpp"
 
@@ -19,36 +20,14 @@ using nlohmann::json;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-// Runs the moelab binary with `args` (a shell fragment), capturing stdout+stderr and the exit code.
-Result moelab(const std::string& args) {
-  std::string command = std::string(MOELAB_BIN) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string output;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
-}
+using moelab::testing::run_moelab;
 
 // A temp directory holding a bytes-tokenized slice of the Austen corpus, prepared once per test binary.
 class TrainCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = fs::temp_directory_path() / ("moelab_train_cli_" + std::to_string(getpid()));
-    fs::create_directories(root_);
-    std::ifstream corpus(moelab::resolve_corpus("austen"));
-    ASSERT_TRUE(corpus) << "the Austen corpus is missing: run scripts/setup.sh";
-    std::string text(400000, '\0');
-    corpus.read(text.data(), text.size());
-    text.resize(corpus.gcount());
-    std::ofstream(root_ / "slice.txt") << text;
-    auto r = moelab("data prepare --corpus " + (root_ / "slice.txt").string() + " --tokenizer bytes --out " +
-                    (root_ / "data").string());
+    auto r = moelab::testing::prepare_corpus_slice(root_, 400000);
     ASSERT_EQ(r.code, 0) << r.output;
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
@@ -99,13 +78,13 @@ class TrainCli : public ::testing::Test {
 
 TEST_F(TrainCli, InterruptedThenResumedEqualsUninterruptedBitForBit) {
   auto config = write_config(tiny_config(), "resume");
-  auto full = moelab(train_args(config, "full"));
+  auto full = run_moelab(train_args(config, "full"));
   ASSERT_EQ(full.code, 0) << full.output;
 
-  auto first = moelab(train_args(config, "split", "--stop-after 6"));
+  auto first = run_moelab(train_args(config, "split", "--stop-after 6"));
   ASSERT_EQ(first.code, moelab::kExitInterrupted) << first.output;
   EXPECT_EQ(count("split", "SELECT count(*) FROM jobs WHERE status = 'interrupted'"), 1);
-  auto second = moelab(train_args(config, "split", "--resume"));
+  auto second = run_moelab(train_args(config, "split", "--resume"));
   ASSERT_EQ(second.code, 0) << second.output;
 
   auto expected = losses("full", "train"), actual = losses("split", "train");
@@ -119,7 +98,7 @@ TEST_F(TrainCli, InterruptedThenResumedEqualsUninterruptedBitForBit) {
 // A job killed after its last checkpoint re-runs the lost steps on resume; each row stays unique.
 TEST_F(TrainCli, ResumeAfterLostStepsReplacesRowsWithoutDuplicates) {
   auto config = write_config(tiny_config(), "lost");
-  ASSERT_EQ(moelab(train_args(config, "lost")).code, 0);
+  ASSERT_EQ(run_moelab(train_args(config, "lost")).code, 0);
   auto before = losses("lost", "train");
   for (int step : {8, 12}) {  // as if killed at step 11: only the step-4 checkpoint survived
     char stem[32];
@@ -127,7 +106,7 @@ TEST_F(TrainCli, ResumeAfterLostStepsReplacesRowsWithoutDuplicates) {
     fs::remove(root_ / "lost" / (std::string(stem) + ".pt"));
     fs::remove(root_ / "lost" / (std::string(stem) + ".json"));
   }
-  auto resumed = moelab(train_args(config, "lost", "--resume"));
+  auto resumed = run_moelab(train_args(config, "lost", "--resume"));
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_EQ(losses("lost", "train"), before);
   EXPECT_EQ(count("lost", "SELECT count(*) FROM metrics WHERE split = 'train'"), 12);
@@ -164,7 +143,7 @@ TEST_F(TrainCli, SigtermCheckpointsAndExitsWithTheInterruptedCode) {
 TEST_F(TrainCli, NonFiniteLossStopsTheJobWithTheErrorRecorded) {
   auto c = tiny_config();
   c["train"]["lr"] = 1e30, c["train"]["min_lr"] = 1e30, c["train"]["grad_clip"] = 0.0;
-  auto r = moelab(train_args(write_config(c, "nan"), "nan"));
+  auto r = run_moelab(train_args(write_config(c, "nan"), "nan"));
   EXPECT_EQ(r.code, moelab::kExitDiverged) << r.output;
   EXPECT_NE(r.output.find("non-finite loss"), std::string::npos) << r.output;
   moelab::Store store((root_ / "nan.db").string());
@@ -191,7 +170,7 @@ TEST_F(TrainCli, ShortRunLearnsBeyondUnigramStatistics) {
   c["train"]["log_every"] = 50, c["train"]["eval_every"] = 500, c["train"]["checkpoint_every"] = 500;
   c["train"]["eval_batches"] = 4, c["train"]["lr"] = 1e-3, c["train"]["min_lr"] = 1e-4, c["train"]["warmup"] = 10;
   c["train"]["threads"] = 2;
-  auto r = moelab(train_args(write_config(c, "learn"), "learn"));
+  auto r = run_moelab(train_args(write_config(c, "learn"), "learn"));
   ASSERT_EQ(r.code, 0) << r.output;
   const double val = std::stod(losses("learn", "val").at(500));
   EXPECT_LT(val, entropy - 0.5) << "unigram entropy " << entropy << " nats";
@@ -216,7 +195,7 @@ TEST_F(TrainCli, BadConfigsFailNamingTheFieldAndWriteNothing) {
   for (auto& bad : cases) {
     auto c = tiny_config();
     bad.edit(c);
-    auto r = moelab(train_args(write_config(c, "bad_" + bad.name), "bad_" + bad.name));
+    auto r = run_moelab(train_args(write_config(c, "bad_" + bad.name), "bad_" + bad.name));
     EXPECT_NE(r.code, 0) << bad.name;
     EXPECT_NE(r.output.find(bad.expected), std::string::npos) << bad.name << ": " << r.output;
     EXPECT_FALSE(fs::exists(root_ / ("bad_" + bad.name + ".db"))) << bad.name << " wrote a store";
@@ -229,7 +208,7 @@ TEST_F(TrainCli, TruncatedTokenFileIsRefusedNamingIt) {
   fs::resize_file(root_ / "cut/val.bin", fs::file_size(root_ / "cut/val.bin") - 1);
   auto c = tiny_config();
   c["data"]["val"] = (root_ / "cut/val.bin").string();
-  auto r = moelab(train_args(write_config(c, "cut"), "cut"));
+  auto r = run_moelab(train_args(write_config(c, "cut"), "cut"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find((root_ / "cut/val.bin").string()), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
@@ -238,13 +217,13 @@ TEST_F(TrainCli, TruncatedTokenFileIsRefusedNamingIt) {
 
 TEST_F(TrainCli, CorruptOrForeignCheckpointIsRefusedAndNothingIsWritten) {
   auto config = write_config(tiny_config(), "ckpt");
-  ASSERT_EQ(moelab(train_args(config, "ckpt", "--stop-after 4")).code, moelab::kExitInterrupted);
+  ASSERT_EQ(run_moelab(train_args(config, "ckpt", "--stop-after 4")).code, moelab::kExitInterrupted);
   const int64_t rows = count("ckpt", "SELECT count(*) FROM metrics");
   const auto checkpoint = root_ / "ckpt/step_00000004.pt";
 
   auto other = tiny_config();
   other["model"]["top_k"] = 1;
-  auto foreign = moelab(train_args(write_config(other, "ckpt_other"), "ckpt", "--resume"));
+  auto foreign = run_moelab(train_args(write_config(other, "ckpt_other"), "ckpt", "--resume"));
   EXPECT_NE(foreign.code, 0);
   EXPECT_NE(foreign.output.find(checkpoint.string() + ": written for another config"), std::string::npos) << foreign.output;
 
@@ -253,7 +232,7 @@ TEST_F(TrainCli, CorruptOrForeignCheckpointIsRefusedAndNothingIsWritten) {
     f.seekp(200);
     f.put('\x5a');
   }
-  auto corrupt = moelab(train_args(config, "ckpt", "--resume"));
+  auto corrupt = run_moelab(train_args(config, "ckpt", "--resume"));
   EXPECT_NE(corrupt.code, 0);
   EXPECT_NE(corrupt.output.find(checkpoint.string() + ": checksum mismatch"), std::string::npos) << corrupt.output;
   EXPECT_EQ(count("ckpt", "SELECT count(*) FROM metrics"), rows);
@@ -261,7 +240,7 @@ TEST_F(TrainCli, CorruptOrForeignCheckpointIsRefusedAndNothingIsWritten) {
 }
 
 TEST_F(TrainCli, ParamsPrintsJson) {
-  auto r = moelab("params --json --config " + write_config(tiny_config(), "params"));
+  auto r = run_moelab("params --json --config " + write_config(tiny_config(), "params"));
   ASSERT_EQ(r.code, 0) << r.output;
   auto j = json::parse(r.output);
   EXPECT_GT(j["total_params"].get<int64_t>(), j["active_params"].get<int64_t>());
