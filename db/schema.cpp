@@ -24,6 +24,7 @@ CREATE TABLE jobs (
   executor    TEXT NOT NULL DEFAULT '',
   executor_id TEXT NOT NULL DEFAULT '',
   host        TEXT NOT NULL DEFAULT '',
+  run_dir     TEXT NOT NULL DEFAULT '',  -- checkpoints, log and (on Slurm) the job's own store
   total_steps INTEGER NOT NULL DEFAULT 0,
   created_at  REAL NOT NULL,
   started_at  REAL,

@@ -177,11 +177,45 @@ void Store::set_job_status(const std::string& job_id, const std::string& status,
 }
 
 void Store::set_job_executor(const std::string& job_id, const std::string& executor, const std::string& executor_id,
-                             const std::string& host) {
+                             const std::string& host, const std::string& run_dir) {
   require_job(job_id, "jobs");
-  statement("UPDATE jobs SET executor = ?, executor_id = ?, host = ? WHERE id = ?")
-      .bind(executor).bind(executor_id).bind(host).bind(job_id)
+  statement("UPDATE jobs SET executor = ?, executor_id = ?, host = ?, run_dir = ? WHERE id = ?")
+      .bind(executor).bind(executor_id).bind(host).bind(run_dir).bind(job_id)
       .run();
+}
+
+void Store::merge_job_store(const std::string& job_store_path) {
+  if (!std::filesystem::exists(job_store_path)) return;
+  Store{job_store_path};  // brings the job's file to this schema version before its tables are read
+  statement("ATTACH DATABASE ? AS job").bind(job_store_path).run();
+  try {
+    transaction([&] {
+      exec(R"SQL(
+INSERT INTO jobs SELECT * FROM job.jobs WHERE true ON CONFLICT(id) DO NOTHING;
+UPDATE jobs SET status = s.status, attempts = s.attempts, started_at = s.started_at, finished_at = s.finished_at,
+       exit_code = s.exit_code, error = s.error, host = CASE WHEN s.host != '' THEN s.host ELSE jobs.host END
+  FROM job.jobs AS s WHERE jobs.id = s.id AND s.attempts > 0;
+INSERT INTO metrics SELECT * FROM job.metrics WHERE true ON CONFLICT(job_id, step, split) DO UPDATE SET
+  loss = excluded.loss, tokens = excluded.tokens, lr = excluded.lr, grad_norm = excluded.grad_norm,
+  tokens_per_s = excluded.tokens_per_s, wall_time = excluded.wall_time;
+INSERT INTO routing_stats SELECT * FROM job.routing_stats WHERE true ON CONFLICT(job_id, step, layer) DO UPDATE SET
+  expert_fraction_json = excluded.expert_fraction_json, load_std = excluded.load_std,
+  load_max_over_mean = excluded.load_max_over_mean, dead_experts = excluded.dead_experts,
+  positive_gates = excluded.positive_gates, fewer_than_k = excluded.fewer_than_k, router_cosine = excluded.router_cosine;
+INSERT INTO checkpoints SELECT * FROM job.checkpoints WHERE true ON CONFLICT(job_id, step) DO UPDATE SET
+  path = excluded.path, sha256 = excluded.sha256, created_at = excluded.created_at;
+INSERT INTO evals SELECT * FROM job.evals WHERE true ON CONFLICT(job_id, step, task, metric) DO UPDATE SET
+  value = excluded.value, stderr = excluded.stderr, samples = excluded.samples, source = excluded.source;
+INSERT INTO events (job_id, time, level, message) SELECT e.job_id, e.time, e.level, e.message FROM job.events e
+  WHERE NOT EXISTS (SELECT 1 FROM events x WHERE x.job_id = e.job_id AND x.time = e.time AND x.message = e.message)
+  ORDER BY e.id;
+)SQL");
+    });
+  } catch (...) {
+    exec("DETACH DATABASE job");
+    throw;
+  }
+  exec("DETACH DATABASE job");
 }
 
 void Store::count_attempt(const std::string& job_id) {

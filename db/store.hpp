@@ -96,9 +96,14 @@ class Store {
   void set_job_status(const std::string& job_id, const std::string& status,
                       const std::string& error = "", std::optional<int> exit_code = std::nullopt);
   std::optional<std::string> job_status(const std::string& job_id) const;
-  // Where a job runs: executor "local" or "slurm", its process or Slurm job id, the host.
+  // Where a job runs: executor "local" or "slurm", its process or Slurm job id, the host (if known),
+  // and its run directory.
   void set_job_executor(const std::string& job_id, const std::string& executor, const std::string& executor_id,
-                        const std::string& host);
+                        const std::string& host, const std::string& run_dir);
+  // Folds a store that one job wrote on its own (a compute node's per-job file) into this one: its
+  // rows are upserted, its events added once, and the job's status and attempts taken from it, as
+  // the job itself knows them best. Idempotent; a missing file is not an error (nothing ran yet).
+  void merge_job_store(const std::string& job_store_path);
   // Counts an attempt that ended before the job itself could say it was running.
   void count_attempt(const std::string& job_id);
   void upsert_sweep(const std::string& name, const std::string& spec_json);

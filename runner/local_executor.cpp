@@ -16,6 +16,7 @@
 
 #include "db/store.hpp"
 #include "engine/train/trainer.hpp"
+#include "runner/job_queue.hpp"
 
 namespace moelab {
 namespace fs = std::filesystem;
@@ -65,8 +66,7 @@ class LocalPool {
   }
 
   int run(const std::vector<PlannedJob>& jobs) {
-    for (auto& job : jobs)
-      if (wants_to_run(job)) queue_.push_back(&job);
+    for (auto* job : jobs_to_run(store_, jobs, sweep_, options_.max_attempts)) queue_.push_back(job);
     std::printf("[sweep %s] %zu of %zu jobs to run, %d at a time\n", sweep_.c_str(), queue_.size(), jobs.size(),
                 options_.jobs);
     std::fflush(stdout);
@@ -85,32 +85,11 @@ class LocalPool {
   }
 
  private:
-  bool wants_to_run(const PlannedJob& job) {
-    auto row = store_.query("SELECT status, attempts FROM jobs WHERE id = '" + job.id + "'");
-    if (row.empty()) return true;
-    if (row[0][0] == "done") return false;
-    if (std::stoi(row[0][1]) >= options_.max_attempts) {
-      std::printf("[sweep %s] skip %s (%s): %s after %s attempts (max_attempts %d)\n", sweep_.c_str(), job.id.c_str(),
-                  job.config.name.c_str(), row[0][0].c_str(), row[0][1].c_str(), options_.max_attempts);
-      return false;
-    }
-    return true;
-  }
-
-  // The job's resolved config with this machine's thread share, written where the job runs.
-  std::string write_config(const PlannedJob& job, const std::string& dir) {
-    auto config = job.config.to_json();
-    if (options_.gpus == 0)
-      config["train"]["threads"] = std::max(1, int(std::thread::hardware_concurrency()) / options_.jobs);
-    const std::string path = dir + "/config.json";
-    std::ofstream(path) << config.dump(2) << "\n";
-    return path;
-  }
-
   void launch(const PlannedJob* job) {
     const std::string dir = job_run_dir(options_.workdir, job->id);
-    fs::create_directories(dir);
-    const std::string config = write_config(*job, dir), log = dir + "/train.log";
+    // CPU jobs share the cores; a GPU job keeps LibTorch's default.
+    const int threads = options_.gpus == 0 ? std::max(1, int(std::thread::hardware_concurrency()) / options_.jobs) : 0;
+    const std::string config = write_job_config(*job, dir, threads), log = dir + "/train.log";
     int gpu = -1;
     if (!free_gpus_.empty()) gpu = free_gpus_.front(), free_gpus_.erase(free_gpus_.begin());
     auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job->id + "'");
@@ -125,7 +104,7 @@ class LocalPool {
       std::perror("exec moelab train");
       _exit(127);
     }
-    store_.set_job_executor(job->id, "local", std::to_string(pid), hostname());
+    store_.set_job_executor(job->id, "local", std::to_string(pid), hostname(), dir);
     running_[pid] = RunningJob{job, attempts.empty() ? 0 : std::stoi(attempts[0][0]), gpu, Clock::now()};
     std::printf("[sweep %s] start %s %s (pid %d%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(), pid,
                 gpu >= 0 ? (", GPU " + std::to_string(gpu)).c_str() : "");
@@ -200,8 +179,6 @@ class LocalPool {
 };
 
 }  // namespace
-
-std::string job_run_dir(const std::string& workdir, const std::string& job_id) { return workdir + "/" + job_id; }
 
 int run_local(const std::vector<PlannedJob>& jobs, const std::string& sweep, const LocalRun& options) {
   return LocalPool(sweep, options).run(jobs);

@@ -23,7 +23,4 @@ struct LocalRun {
 // failed, 75 when interrupted by SIGINT/SIGTERM (running jobs were told to checkpoint and stop).
 int run_local(const std::vector<PlannedJob>& jobs, const std::string& sweep, const LocalRun& options);
 
-// Run directory of a job and the config file the executor writes there.
-std::string job_run_dir(const std::string& workdir, const std::string& job_id);
-
 }  // namespace moelab

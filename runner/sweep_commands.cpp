@@ -14,6 +14,7 @@
 #include "db/store.hpp"
 #include "runner/command_line.hpp"
 #include "runner/local_executor.hpp"
+#include "runner/slurm_executor.hpp"
 
 namespace moelab {
 namespace po = boost::program_options;
@@ -93,7 +94,8 @@ int run(const std::vector<std::string>& args) {
   po::options_description options("moelab sweep run");
   options.add_options()
       ("spec", po::value(&spec_path)->required(), "sweep spec JSON")
-      ("executor", po::value(&executor)->default_value("local"), "local (slurm: not yet)")
+      ("executor", po::value(&executor)->default_value("local"), "local | slurm")
+      ("no-wait", "slurm: return once the array is submitted (follow it with `sweep status`)")
       ("jobs", po::value(&local.jobs)->default_value(0), "concurrent local jobs (default: the spec's local.jobs, else 1)")
       ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
       ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)");
@@ -101,7 +103,7 @@ int run(const std::vector<std::string>& args) {
   positional.add("spec", 1);
   po::variables_map vm;
   if (!parse_options(args, "sweep run SPEC [--jobs N] [--db FILE] [--workdir DIR]", options, vm, positional)) return 0;
-  if (executor != "local") throw std::runtime_error("--executor " + executor + ": only the local executor exists so far");
+  if (executor != "local" && executor != "slurm") throw std::runtime_error("--executor " + executor + ": expected local or slurm");
   auto spec = load_sweep_spec(spec_path);
   auto jobs = expand(spec);  // a bad spec fails here, before the store is touched
   if (local.workdir.empty()) local.workdir = "runs/" + spec.name;
@@ -121,12 +123,23 @@ int run(const std::vector<std::string>& args) {
       }
     });
   }
+  if (executor == "slurm")
+    return run_slurm(jobs, spec,
+                     SlurmRun{local.db_path, std::filesystem::absolute(local.workdir).string(), local.moelab_binary,
+                              spec.max_attempts, !vm.count("no-wait")});
   return run_local(jobs, spec.name, local);
 }
 
 }  // namespace
 
 void print_status(Store& store, const std::string& sweep) {
+  if (!sweep.empty() && !store.query("SELECT 1 FROM jobs WHERE executor = 'slurm' AND sweep = " + sql_quote(sweep)).empty()) {
+    try {
+      refresh_slurm_jobs(store, sweep);
+    } catch (const std::exception& e) {
+      std::printf("warning: cannot refresh Slurm jobs: %s\n", e.what());
+    }
+  }
   auto where = sweep.empty() ? std::string("1") : "j.sweep = " + sql_quote(sweep);
   auto counts = store.query("SELECT status, count(*) FROM jobs j WHERE " + where + " GROUP BY status ORDER BY status");
   std::string summary;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <set>
 
+#include "runner/slurm_executor.hpp"
+
 namespace moelab {
 namespace {
 
@@ -190,7 +192,7 @@ SweepSpec parse_sweep_spec(const json& j) {
     }
   }
   if (j.contains("slurm")) {
-    if (!j["slurm"].is_object()) fail("slurm", "expected an object");
+    parse_slurm_options(j["slurm"]);  // checked now: a bad section fails before anything is submitted
     spec.slurm = j["slurm"];
   }
   return spec;

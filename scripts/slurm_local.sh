@@ -76,8 +76,15 @@ start() {
 }
 
 stop() {
+  local pids=()
   for daemon in slurmd slurmctld; do
-    [[ -f $dir/$daemon.pid ]] && kill "$(cat "$dir/$daemon.pid")" 2>/dev/null || true
+    [[ -f $dir/$daemon.pid ]] && pids+=("$(cat "$dir/$daemon.pid")")
+  done
+  ((${#pids[@]})) || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 100); do  # until they have saved their state and gone
+    kill -0 "${pids[@]}" 2>/dev/null || return 0
+    sleep 0.1
   done
 }
 

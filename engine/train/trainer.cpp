@@ -267,7 +267,18 @@ void install_stop_handlers() {
   std::signal(SIGTERM, request_stop);
 }
 
+// The launch contract with the executors: one process per GPU, rank and world size from Slurm's
+// SLURM_PROCID / SLURM_NTASKS (srun) or the local executor's equivalent.
+int world_size() {
+  const char* tasks = std::getenv("SLURM_NTASKS");
+  return tasks ? std::max(1, std::atoi(tasks)) : 1;
+}
+
 int train_job(const JobConfig& config, const TrainOptions& options) {
+  if (world_size() > 1)
+    throw std::runtime_error("launched as " + std::to_string(world_size()) +
+                             " processes (SLURM_NTASKS), but data-parallel training is not implemented yet; "
+                             "use one GPU per job (slurm.gpus <= 1)");
   TrainOptions resolved = options;
   if (resolved.run_dir.empty()) resolved.run_dir = (std::filesystem::path("runs") / config.hash()).string();
   Trainer trainer(config, resolved);  // all input checks happen here, before the store is touched

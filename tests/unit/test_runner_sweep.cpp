@@ -104,6 +104,8 @@ std::vector<Malformed> malformed_specs() {
       {with([](json& j) { j["exclude"] = {{{"sed", 1}}}; }), "exclude[0].sed: unknown config path (did you mean \"seed\"?)"},
       {with([](json& j) { j["max_attempts"] = 0; }), "max_attempts: expected a positive integer, got 0"},
       {with([](json& j) { j["local"] = {{"job", 2}}; }), "local.job: unknown key (did you mean \"jobs\"?)"},
+      {with([](json& j) { j["slurm"] = {{"gpu", 1}}; }), "slurm.gpu: unknown key (did you mean \"gpus\"?)"},
+      {with([](json& j) { j["slurm"] = {{"cpus", "4"}}; }), "slurm.cpus: expected an integer >= 0, got \"4\""},
       {with([](json& j) { j["axes"]["model.top_k"] = {9}, j["axes"]["model.granularity"] = {2}; }),
        "\"model.top_k\":9}: model.top_k: top_k 18 exceeds experts 16 (after granularity 2)"},
       {with([](json& j) { j["axes"]["model.granularity"] = {3}; }), "model.expert_size: expert_size 64 is not divisible by granularity 3"},
