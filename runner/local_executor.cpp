@@ -130,6 +130,7 @@ class LocalPool {
     const bool exited = WIFEXITED(status);
     const int code = exited ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     const double minutes = std::chrono::duration<double>(Clock::now() - r.started).count() / 60;
+    finished_minutes_.push_back(minutes);
     std::string outcome;
     if (exited && code == kExitOk) {
       outcome = "done";
@@ -164,12 +165,24 @@ class LocalPool {
     auto counts = store_.query("SELECT status, count(*) FROM jobs WHERE sweep = '" + sweep_ + "' GROUP BY status ORDER BY status");
     std::string line;
     for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
-    std::printf("[sweep %s] %s | %zu running here, %zu queued\n", sweep_.c_str(), line.c_str(), running_.size(), queue_.size());
+    std::printf("[sweep %s] %s | %zu running here, %zu queued%s\n", sweep_.c_str(), line.c_str(), running_.size(),
+                queue_.size(), eta().c_str());
     std::fflush(stdout);
+  }
+
+  // Remaining jobs times the mean duration of the jobs finished so far, spread over the workers.
+  std::string eta() const {
+    if (finished_minutes_.empty() || (queue_.empty() && running_.empty())) return "";
+    double mean = 0;
+    for (double m : finished_minutes_) mean += m / finished_minutes_.size();
+    char text[48];
+    std::snprintf(text, sizeof text, " | ETA ~%.1f min", (queue_.size() + running_.size()) * mean / options_.jobs);
+    return text;
   }
 
   std::string sweep_;
   LocalRun options_;
+  std::vector<double> finished_minutes_;
   Store store_;
   std::deque<const PlannedJob*> queue_;
   std::map<pid_t, RunningJob> running_;
