@@ -1,6 +1,10 @@
 #include "runner/cli.hpp"
 
 #include <boost/program_options.hpp>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <thread>
 
 #include <cstdio>
 #include <functional>
@@ -10,6 +14,7 @@
 #include "engine/config/job_config.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
+#include "engine/serve/completion_server.hpp"
 #include "engine/train/trainer.hpp"
 #include "runner/command_line.hpp"
 #include "runner/sweep_commands.hpp"
@@ -84,6 +89,38 @@ int train(const std::vector<std::string>& args) {
   return train_job(config, opts);
 }
 
+std::atomic<bool> serve_stop{false};
+
+int serve(const std::vector<std::string>& args) {
+  std::string checkpoint, host;
+  int port = 0;
+  po::options_description options("moelab serve");
+  options.add_options()
+      ("checkpoint", po::value(&checkpoint)->required(), "a checkpoint's .pt file")
+      ("host", po::value(&host)->default_value("127.0.0.1"), "address to listen on (loopback unless told otherwise)")
+      ("port", po::value(&port)->default_value(8000), "port; 0 picks a free one");
+  po::variables_map vm;
+  if (!parse_options(args, "serve --checkpoint PATH [--host 127.0.0.1] [--port N]", options, vm)) return 0;
+  Scorer scorer(checkpoint);
+  CompletionServer server(scorer, scorer.config().name);
+  const int bound = server.bind(host, port);
+  std::printf("serving %s (step %d) at http://%s:%d/v1/completions\n", scorer.config().name.c_str(), scorer.step(),
+              host.c_str(), bound);
+  std::fflush(stdout);
+  // A signal only raises a flag; this thread turns it into an orderly stop of the server.
+  auto request_stop = [](int) { serve_stop = true; };
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  std::thread watcher([&] {
+    while (!serve_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    server.stop();
+  });
+  server.listen();
+  serve_stop = true;
+  watcher.join();
+  return 0;
+}
+
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"data", {"data prepare: tokenize a corpus into token files", [](const std::vector<std::string>& a) {
@@ -92,6 +129,7 @@ const std::map<std::string, Command>& commands() {
                 }}},
       {"params", {"parameter counts and FLOPs of a config", params}},
       {"train", {"train one job", train}},
+      {"serve", {"serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve}},
       {"sweep", {"sweep plan|run|status|cancel: expand a sweep spec and run its jobs", sweep_command}},
       {"db", {"db query \"SQL\": read-only questions to the store", db_command}},
   };

@@ -76,25 +76,50 @@ SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& con
   return saved;
 }
 
-std::optional<SavedCheckpoint> find_checkpoint(const std::string& run_dir, const JobConfig& config) {
-  auto all = sidecars(run_dir);
-  if (all.empty()) return std::nullopt;
-  auto [step, sidecar_path] = *all.rbegin();
+// Reads a checkpoint's .json record and checks the archive it names against its checksum.
+static std::pair<SavedCheckpoint, json> verified(const fs::path& sidecar_path) {
   json sidecar;
   try {
     sidecar = json::parse(std::ifstream(sidecar_path));
   } catch (const std::exception& e) {
     throw CheckpointError(sidecar_path.string() + ": unreadable checkpoint record: " + e.what());
   }
-  SavedCheckpoint found{(fs::path(run_dir) / sidecar.value("file", "")).string(), sidecar.value("sha256", ""), step};
+  SavedCheckpoint found{(sidecar_path.parent_path() / sidecar.value("file", "")).string(), sidecar.value("sha256", ""),
+                        sidecar.value("step", 0)};
   if (!fs::exists(found.path)) throw CheckpointError(found.path + ": checkpoint file missing (recorded in " + sidecar_path.string() + ")");
   if (auto actual = file_sha256(found.path); actual != found.sha256)
     throw CheckpointError(found.path + ": checksum mismatch (file has " + actual + ", recorded " + found.sha256 +
                           "); the checkpoint is corrupt");
+  return {found, sidecar};
+}
+
+std::optional<SavedCheckpoint> find_checkpoint(const std::string& run_dir, const JobConfig& config) {
+  auto all = sidecars(run_dir);
+  if (all.empty()) return std::nullopt;
+  auto [found, sidecar] = verified(all.rbegin()->second);
   if (auto recorded = sidecar.value("config_hash", ""); recorded != config.hash())
     throw CheckpointError(found.path + ": written for another config (config hash " + recorded + ", this job is " +
                           config.hash() + ")");
   return found;
+}
+
+SavedCheckpoint open_checkpoint(const std::string& pt_path) {
+  if (!fs::exists(pt_path)) throw CheckpointError(pt_path + ": no such checkpoint");
+  fs::path sidecar = fs::path(pt_path).replace_extension(".json");
+  if (!fs::exists(sidecar)) throw CheckpointError(pt_path + ": no checkpoint record " + sidecar.string() + " beside it");
+  return verified(sidecar).first;
+}
+
+JobConfig checkpoint_config(const SavedCheckpoint& checkpoint) {
+  torch::serialize::InputArchive archive;
+  c10::IValue config;
+  try {
+    archive.load_from(checkpoint.path);
+    archive.read("config", config);
+  } catch (const c10::Error& e) {
+    throw CheckpointError(checkpoint.path + ": cannot read its config: " + e.what_without_backtrace());
+  }
+  return parse_job_config(json::parse(config.toStringRef()));
 }
 
 Progress load_checkpoint(const SavedCheckpoint& checkpoint, torch::nn::Module& model, torch::optim::Optimizer* optimizer) {

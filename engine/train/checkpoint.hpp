@@ -36,6 +36,12 @@ SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& con
 // Throws CheckpointError naming the file when the checksum or config hash does not match.
 std::optional<SavedCheckpoint> find_checkpoint(const std::string& run_dir, const JobConfig& config);
 
+// A checkpoint named by its .pt path (serving, evaluation), verified against the checksum in its
+// .json record; throws CheckpointError naming the file when either is missing or they disagree.
+SavedCheckpoint open_checkpoint(const std::string& pt_path);
+// The config a checkpoint was trained with (stored inside it).
+JobConfig checkpoint_config(const SavedCheckpoint& checkpoint);
+
 // Loads a verified checkpoint into model and optimizer (optimizer may be null: serving, evaluation).
 Progress load_checkpoint(const SavedCheckpoint& checkpoint, torch::nn::Module& model,
                          torch::optim::Optimizer* optimizer);
