@@ -15,6 +15,7 @@
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/serve/completion_server.hpp"
+#include "eval/lm_eval_driver.hpp"
 #include "engine/train/trainer.hpp"
 #include "runner/command_line.hpp"
 #include "runner/sweep_commands.hpp"
@@ -121,6 +122,36 @@ int serve(const std::vector<std::string>& args) {
   return 0;
 }
 
+int eval(const std::vector<std::string>& args) {
+  EvalOptions opts;
+  std::string tasks;
+  po::options_description options("moelab eval");
+  options.add_options()
+      ("job", po::value(&opts.job_id), "evaluate this job's newest checkpoint")
+      ("checkpoint", po::value(&opts.checkpoint), "or this checkpoint (.pt)")
+      ("tasks", po::value(&tasks), "comma-separated (default: arc_easy,arc_challenge,hellaswag,piqa,sciq,winogrande)")
+      ("limit", po::value(&opts.limit)->default_value(0), "documents per task (0: all); for testing only")
+      ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
+      ("output", po::value(&opts.output_dir), "where lm-eval writes its results and samples (default: beside the checkpoint)");
+  po::variables_map vm;
+  if (!parse_options(args, "eval (--job ID | --checkpoint PATH) [--tasks LIST] [--limit N] [--db FILE]", options, vm)) return 0;
+  if (opts.job_id.empty() == opts.checkpoint.empty()) throw std::runtime_error("eval: give exactly one of --job and --checkpoint");
+  if (!tasks.empty()) {
+    opts.tasks.clear();
+    for (size_t start = 0, comma; start <= tasks.size(); start = comma + 1) {
+      comma = std::min(tasks.find(',', start), tasks.size());
+      if (comma > start) opts.tasks.push_back(tasks.substr(start, comma - start));
+    }
+  }
+  auto results = run_eval(opts);
+  std::printf("%-14s %-9s %8s %8s %8s  %s\n", "task", "metric", "value", "stderr", "samples", "data");
+  for (auto& r : results)
+    std::printf("%-14s %-9s %8.4f %8s %8lld  %s\n", r.task.c_str(), r.metric.c_str(), r.value,
+                r.stderr_value ? std::to_string(*r.stderr_value).substr(0, 6).c_str() : "-", (long long)r.samples,
+                r.source.c_str());
+  return 0;
+}
+
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"data", {"data prepare: tokenize a corpus into token files", [](const std::vector<std::string>& a) {
@@ -129,6 +160,7 @@ const std::map<std::string, Command>& commands() {
                 }}},
       {"params", {"parameter counts and FLOPs of a config", params}},
       {"train", {"train one job", train}},
+      {"eval", {"score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval}},
       {"serve", {"serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve}},
       {"sweep", {"sweep plan|run|status|cancel: expand a sweep spec and run its jobs", sweep_command}},
       {"db", {"db query \"SQL\": read-only questions to the store", db_command}},

