@@ -30,7 +30,8 @@ CREATE TABLE jobs (
   started_at  REAL,
   finished_at REAL,
   exit_code   INTEGER,
-  error       TEXT NOT NULL DEFAULT ''
+  error       TEXT NOT NULL DEFAULT '',
+  eval_status TEXT NOT NULL DEFAULT ''  -- the evaluation stage: '', running, done, failed: <why>
 );
 CREATE INDEX jobs_by_sweep ON jobs(sweep, status);
 CREATE TABLE metrics (

@@ -193,7 +193,8 @@ void Store::merge_job_store(const std::string& job_store_path) {
       exec(R"SQL(
 INSERT INTO jobs SELECT * FROM job.jobs WHERE true ON CONFLICT(id) DO NOTHING;
 UPDATE jobs SET status = s.status, attempts = s.attempts, started_at = s.started_at, finished_at = s.finished_at,
-       exit_code = s.exit_code, error = s.error, host = CASE WHEN s.host != '' THEN s.host ELSE jobs.host END
+       exit_code = s.exit_code, error = s.error, host = CASE WHEN s.host != '' THEN s.host ELSE jobs.host END,
+       eval_status = CASE WHEN s.eval_status != '' THEN s.eval_status ELSE jobs.eval_status END
   FROM job.jobs AS s WHERE jobs.id = s.id AND s.attempts > 0;
 INSERT INTO metrics SELECT * FROM job.metrics WHERE true ON CONFLICT(job_id, step, split) DO UPDATE SET
   loss = excluded.loss, tokens = excluded.tokens, lr = excluded.lr, grad_norm = excluded.grad_norm,
@@ -216,6 +217,11 @@ INSERT INTO events (job_id, time, level, message) SELECT e.job_id, e.time, e.lev
     throw;
   }
   exec("DETACH DATABASE job");
+}
+
+void Store::set_eval_status(const std::string& job_id, const std::string& eval_status) {
+  require_job(job_id, "jobs");
+  statement("UPDATE jobs SET eval_status = ? WHERE id = ?").bind(eval_status).bind(job_id).run();
 }
 
 void Store::count_attempt(const std::string& job_id) {

@@ -67,6 +67,20 @@ const std::vector<std::string>& paper_tasks() {
   return tasks;
 }
 
+namespace {
+
+std::vector<TaskResult> evaluate(const EvalOptions& o, Scorer& scorer, const fs::path& assets, const std::string& python,
+                                 const json& sources, const std::string& checkpoint);
+
+// The job's evaluation stage in the store, when the store knows the job.
+void record_eval_status(const std::string& db_path, const std::string& job_id, const std::string& status) {
+  if (!fs::exists(db_path)) return;
+  Store store(db_path);
+  if (store.job_status(job_id)) store.set_eval_status(job_id, status);
+}
+
+}  // namespace
+
 std::vector<TaskResult> run_eval(const EvalOptions& o) {
   const fs::path assets = o.assets.empty() ? fs::path(assets_dir()) / "eval" : fs::path(o.assets);
   const std::string python = o.python.empty() ? std::string(MOELAB_SOURCE_DIR) + "/.venv/bin/python" : o.python;
@@ -90,6 +104,22 @@ std::vector<TaskResult> run_eval(const EvalOptions& o) {
     checkpoint = newest_checkpoint_of(store, o.job_id);
   }
   Scorer scorer(checkpoint);  // verifies the checkpoint's checksum
+  const std::string job_id = scorer.config().hash();
+  record_eval_status(o.db_path, job_id, "running");
+  try {
+    auto rows = evaluate(o, scorer, assets, python, sources, checkpoint);
+    record_eval_status(o.db_path, job_id, "done: " + std::to_string(o.tasks.size()) + " tasks at step " + std::to_string(scorer.step()));
+    return rows;
+  } catch (const std::exception& e) {
+    record_eval_status(o.db_path, job_id, std::string("failed: ") + e.what());
+    throw;
+  }
+}
+
+namespace {
+
+std::vector<TaskResult> evaluate(const EvalOptions& o, Scorer& scorer, const fs::path& assets, const std::string& python,
+                                 const json& sources, const std::string& checkpoint) {
   const std::string job_id = scorer.config().hash();
 
   CompletionServer server(scorer, scorer.config().name);
@@ -143,5 +173,7 @@ std::vector<TaskResult> run_eval(const EvalOptions& o) {
   });
   return rows;
 }
+
+}  // namespace
 
 }  // namespace moelab

@@ -57,24 +57,37 @@ struct RunningJob {
   int attempts_at_launch;
   int gpu;  // -1 on CPU
   Clock::time_point started;
+  bool evaluating = false;  // the evaluation stage after training, in the same slot
 };
 
 class LocalPool {
  public:
-  LocalPool(const std::string& sweep, const LocalRun& o) : sweep_(sweep), options_(o), store_(o.db_path) {
+  LocalPool(const std::string& sweep, const EvalStage& eval, const LocalRun& o)
+      : sweep_(sweep), eval_(eval), options_(o), store_(o.db_path) {
     for (int g = 0; g < o.gpus; ++g) free_gpus_.push_back(g);
   }
 
   int run(const std::vector<PlannedJob>& jobs) {
     for (auto* job : jobs_to_run(store_, jobs, sweep_, options_.max_attempts)) queue_.push_back(job);
+    if (eval_.enabled)  // trained earlier, but the evaluation stage never finished
+      for (auto& job : jobs) {
+        auto row = store_.query("SELECT status, eval_status FROM jobs WHERE id = '" + job.id + "'");
+        if (!row.empty() && row[0][0] == "done" && !row[0][1].starts_with("done")) eval_queue_.push_back(&job);
+      }
     std::printf("[sweep %s] %zu of %zu jobs to run, %d at a time\n", sweep_.c_str(), queue_.size(), jobs.size(),
                 options_.jobs);
     std::fflush(stdout);
     install_runner_handlers();
     auto last_report = Clock::now();
-    while (!queue_.empty() || !running_.empty()) {
+    while (!queue_.empty() || !eval_queue_.empty() || !running_.empty()) {
       if (stop_signal && !stopping_) stop_all();
       while (!stopping_ && !queue_.empty() && int(running_.size()) < options_.jobs) launch(queue_.front()), queue_.pop_front();
+      while (!stopping_ && !eval_queue_.empty() && int(running_.size()) < options_.jobs) {
+        int gpu = -1;
+        if (!free_gpus_.empty()) gpu = free_gpus_.front(), free_gpus_.erase(free_gpus_.begin());
+        launch_eval(RunningJob{eval_queue_.front(), 0, gpu, Clock::now()});
+        eval_queue_.pop_front();
+      }
       reap();
       if (Clock::now() - last_report > std::chrono::seconds(10)) report(), last_report = Clock::now();
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -93,21 +106,50 @@ class LocalPool {
     int gpu = -1;
     if (!free_gpus_.empty()) gpu = free_gpus_.front(), free_gpus_.erase(free_gpus_.begin());
     auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job->id + "'");
-    pid_t pid = fork();
-    if (pid == 0) {
-      setpgid(0, 0);  // its own process group: the runner decides when a job is told to stop
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      dup2(fd, STDOUT_FILENO), dup2(fd, STDERR_FILENO), close(fd);
-      if (gpu >= 0) setenv("CUDA_VISIBLE_DEVICES", std::to_string(gpu).c_str(), 1);
-      execl(options_.moelab_binary.c_str(), "moelab", "train", "--config", config.c_str(), "--db",
-            options_.db_path.c_str(), "--run-dir", dir.c_str(), "--resume", (char*)nullptr);
-      std::perror("exec moelab train");
-      _exit(127);
-    }
+    pid_t pid = spawn({"train", "--config", config, "--db", options_.db_path, "--run-dir", dir, "--resume"}, log, gpu);
     store_.set_job_executor(job->id, "local", std::to_string(pid), hostname(), dir);
     running_[pid] = RunningJob{job, attempts.empty() ? 0 : std::stoi(attempts[0][0]), gpu, Clock::now()};
     std::printf("[sweep %s] start %s %s (pid %d%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(), pid,
                 gpu >= 0 ? (", GPU " + std::to_string(gpu)).c_str() : "");
+    std::fflush(stdout);
+  }
+
+  // `moelab <args>` in its own process group (the runner decides when a job is told to stop), its
+  // output appended to `log`, on `gpu` if one was handed out.
+  pid_t spawn(const std::vector<std::string>& args, const std::string& log, int gpu) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      setpgid(0, 0);
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      dup2(fd, STDOUT_FILENO), dup2(fd, STDERR_FILENO), close(fd);
+      if (gpu >= 0) setenv("CUDA_VISIBLE_DEVICES", std::to_string(gpu).c_str(), 1);
+      std::vector<char*> argv = {const_cast<char*>("moelab")};
+      for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(options_.moelab_binary.c_str(), argv.data());
+      std::perror("exec moelab");
+      _exit(127);
+    }
+    return pid;
+  }
+
+  // After training: the spec's evaluation stage, in the slot the job had.
+  void launch_eval(RunningJob r) {
+    const std::string log = job_run_dir(options_.workdir, r.job->id) + "/eval.log";
+    pid_t pid = spawn(eval_arguments(eval_, r.job->id, options_.db_path), log, r.gpu);
+    r.evaluating = true, r.started = Clock::now();
+    running_[pid] = r;
+    std::printf("[sweep %s] evaluate %s %s (pid %d, log %s)\n", sweep_.c_str(), r.job->id.c_str(), r.job->config.name.c_str(),
+                pid, log.c_str());
+    std::fflush(stdout);
+  }
+
+  void record_eval(const RunningJob& r, int status) {
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok) ++failed_;
+    auto eval_status = store_.query("SELECT eval_status FROM jobs WHERE id = '" + r.job->id + "'");
+    std::printf("[sweep %s] evaluation of %s %s: %s\n", sweep_.c_str(), r.job->id.c_str(), r.job->config.name.c_str(),
+                eval_status.empty() ? "?" : eval_status[0][0].c_str());
     std::fflush(stdout);
   }
 
@@ -117,9 +159,19 @@ class LocalPool {
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
       auto it = running_.find(pid);
       if (it == running_.end()) continue;
-      record(it->second, status);
-      if (it->second.gpu >= 0) free_gpus_.push_back(it->second.gpu);
+      RunningJob finished = it->second;
       running_.erase(it);
+      if (finished.evaluating) {
+        record_eval(finished, status);
+      } else {
+        record(finished, status);
+        const bool trained = WIFEXITED(status) && WEXITSTATUS(status) == kExitOk;
+        if (trained && eval_.enabled && !stopping_) {
+          launch_eval(finished);
+          continue;
+        }
+      }
+      if (finished.gpu >= 0) free_gpus_.push_back(finished.gpu);
     }
   }
 
@@ -158,7 +210,7 @@ class LocalPool {
     std::printf("[sweep %s] signal %d: telling %zu running jobs to checkpoint and stop\n", sweep_.c_str(),
                 int(stop_signal), running_.size());
     for (auto& [pid, job] : running_) kill(-pid, SIGTERM);
-    queue_.clear();
+    queue_.clear(), eval_queue_.clear();
   }
 
   void report() {
@@ -181,10 +233,11 @@ class LocalPool {
   }
 
   std::string sweep_;
+  EvalStage eval_;
   LocalRun options_;
   std::vector<double> finished_minutes_;
   Store store_;
-  std::deque<const PlannedJob*> queue_;
+  std::deque<const PlannedJob*> queue_, eval_queue_;
   std::map<pid_t, RunningJob> running_;
   std::vector<int> free_gpus_;
   bool stopping_ = false;
@@ -193,8 +246,8 @@ class LocalPool {
 
 }  // namespace
 
-int run_local(const std::vector<PlannedJob>& jobs, const std::string& sweep, const LocalRun& options) {
-  return LocalPool(sweep, options).run(jobs);
+int run_local(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const LocalRun& options) {
+  return LocalPool(spec.name, spec.eval, options).run(jobs);
 }
 
 }  // namespace moelab

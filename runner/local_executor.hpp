@@ -21,6 +21,7 @@ struct LocalRun {
 
 // Runs every job that is not done and has attempts left; returns 0 when all are done, 1 when some
 // failed, 75 when interrupted by SIGINT/SIGTERM (running jobs were told to checkpoint and stop).
-int run_local(const std::vector<PlannedJob>& jobs, const std::string& sweep, const LocalRun& options);
+// Jobs that finish training go through the spec's evaluation stage, if it has one.
+int run_local(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const LocalRun& options);
 
 }  // namespace moelab

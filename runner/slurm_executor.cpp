@@ -111,8 +111,9 @@ SlurmOptions parse_slurm_options(const json& section) {
   return o;
 }
 
-std::string sbatch_script(const SlurmOptions& o, const std::string& sweep, const std::string& job_list,
+std::string sbatch_script(const SlurmOptions& o, const SweepSpec& spec, const std::string& job_list,
                           const std::string& log_dir, const SlurmRun& run, size_t tasks) {
+  const std::string& sweep = spec.name;
   std::ostringstream s;
   s << "#!/bin/bash\n";
   s << "#SBATCH --job-name=moelab-" << sweep << "\n";
@@ -147,8 +148,14 @@ trap 'kill -TERM $child' TERM
 status=0
 wait $child || status=$?
 while kill -0 $child 2>/dev/null; do wait $child; status=$?; done
-exit $status
 )SH";
+  if (spec.eval.enabled) {
+    // The evaluation stage: lm-eval on the final checkpoint, into the job's own store.
+    s << "if [[ $status -eq 0 ]]; then\n  " << quoted(run.moelab_binary);
+    for (auto& arg : eval_arguments(spec.eval, "$job_id", "$run_dir/job.db")) s << " \"" << arg << "\"";
+    s << " || status=$?\nfi\n";
+  }
+  s << "exit $status\n";
   return s.str();
 }
 
@@ -197,7 +204,7 @@ int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const 
         list << job->id << "\n";
       }
     }
-    std::ofstream(script) << sbatch_script(options, spec.name, job_list, submission, run, to_submit.size());
+    std::ofstream(script) << sbatch_script(options, spec, job_list, submission, run, to_submit.size());
     auto submitted = run_command("sbatch --parsable " + quoted(script));
     if (submitted.code != 0) throw std::runtime_error("sbatch " + script + " failed: " + submitted.output);
     const std::string array_id = submitted.output.substr(0, submitted.output.find_first_of(";\n"));

@@ -33,7 +33,7 @@ struct SlurmOptions {
 SlurmOptions parse_slurm_options(const nlohmann::json& section);
 
 // The array script for `job_ids` (its job list is written beside it); exposed for tests.
-std::string sbatch_script(const SlurmOptions& o, const std::string& sweep, const std::string& job_list,
+std::string sbatch_script(const SlurmOptions& o, const SweepSpec& spec, const std::string& job_list,
                           const std::string& log_dir, const SlurmRun& run, size_t tasks);
 
 int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const SlurmRun& options);

@@ -127,7 +127,7 @@ int run(const std::vector<std::string>& args) {
     return run_slurm(jobs, spec,
                      SlurmRun{local.db_path, std::filesystem::absolute(local.workdir).string(), local.moelab_binary,
                               spec.max_attempts, !vm.count("no-wait")});
-  return run_local(jobs, spec.name, local);
+  return run_local(jobs, spec, local);
 }
 
 }  // namespace
@@ -152,10 +152,10 @@ void print_status(Store& store, const std::string& sweep) {
       "ifnull((SELECT printf('%.0fs', (j.total_steps - m.step) * json_extract(j.config_json, '$.train.batch_size') * "
       "  json_extract(j.config_json, '$.model.seq_len') / m.tokens_per_s) FROM metrics m WHERE m.job_id = j.id AND "
       "  m.split = 'train' AND m.tokens_per_s > 0 AND j.status = 'running' ORDER BY m.step DESC LIMIT 1), '-'), "
-      "j.executor_id, j.attempts, j.axes_json "
+      "j.executor_id, j.attempts, CASE WHEN j.eval_status = '' THEN '-' ELSE j.eval_status END, j.axes_json "
       "FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE " + where + " ORDER BY j.name");
   for (auto& row : rows) row.back() = axes_text(json::parse(row.back()));
-  print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "executor_id", "attempts", "axes"}, rows);
+  print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "executor_id", "attempts", "eval", "axes"}, rows);
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "eval/lm_eval_driver.hpp"
 #include "runner/slurm_executor.hpp"
 
 namespace moelab {
@@ -12,7 +13,7 @@ using nlohmann::json;
 using Dimension = std::vector<std::pair<std::string, std::vector<json>>>;  // paths varied together
 
 const std::vector<std::string> kSpecKeys = {"name", "base", "axes", "zip", "include", "exclude", "max_attempts",
-                                            "local", "slurm"};
+                                            "local", "slurm", "eval"};
 
 [[noreturn]] void fail(const std::string& where, const std::string& message) { throw ConfigError(where + ": " + message); }
 
@@ -129,7 +130,44 @@ std::vector<json> product(const std::vector<Dimension>& dimensions) {
   return points;
 }
 
+EvalStage parse_eval_stage(const json& j) {
+  if (!j.is_object()) fail("eval", "expected an object with tasks, limit and checkpoints");
+  EvalStage stage;
+  stage.enabled = true;
+  stage.tasks = paper_tasks();
+  for (auto& [key, value] : j.items()) {
+    if (key == "tasks") {
+      if (!value.is_array() || value.empty()) fail("eval.tasks", "expected a non-empty list of task names");
+      stage.tasks.clear();
+      for (size_t i = 0; i < value.size(); ++i) {
+        const std::string where = "eval.tasks[" + std::to_string(i) + "]";
+        if (!value[i].is_string()) fail(where, "expected a task name, got " + value[i].dump());
+        std::string task = value[i];
+        if (std::find(paper_tasks().begin(), paper_tasks().end(), task) == paper_tasks().end())
+          fail(where, "unknown task \"" + task + "\"" + did_you_mean(task, paper_tasks()));
+        stage.tasks.push_back(task);
+      }
+    } else if (key == "limit") {
+      if (!value.is_number_integer() || value.get<int>() < 0) fail("eval.limit", "expected an integer >= 0, got " + value.dump());
+      stage.limit = value;
+    } else if (key == "checkpoints") {
+      // Intermediate checkpoints are pruned as training goes (train.keep_checkpoints), so only the
+      // final one is certain to exist when the stage runs.
+      if (value != "final") fail("eval.checkpoints", "only \"final\" is supported, got " + value.dump());
+    } else {
+      fail("eval." + key, "unknown key" + did_you_mean(key, {"tasks", "limit", "checkpoints"}));
+    }
+  }
+  return stage;
+}
+
 }  // namespace
+
+std::vector<std::string> eval_arguments(const EvalStage& stage, const std::string& job_id, const std::string& db) {
+  std::string tasks;
+  for (auto& t : stage.tasks) tasks += (tasks.empty() ? "" : ",") + t;
+  return {"eval", "--job", job_id, "--db", db, "--tasks", tasks, "--limit", std::to_string(stage.limit)};
+}
 
 SweepSpec parse_sweep_spec(const json& j) {
   if (!j.is_object()) fail("(top level)", std::string("expected an object, got ") + j.type_name());
@@ -191,6 +229,7 @@ SweepSpec parse_sweep_spec(const json& j) {
       spec.local.jobs = value;
     }
   }
+  if (j.contains("eval")) spec.eval = parse_eval_stage(j["eval"]);
   if (j.contains("slurm")) {
     parse_slurm_options(j["slurm"]);  // checked now: a bad section fails before anything is submitted
     spec.slurm = j["slurm"];

@@ -21,6 +21,16 @@ struct LocalOptions {
   int jobs = 0;  // concurrent jobs; 0: one per GPU, else 1 on CPU
 };
 
+// The evaluation stage of each job: lm-eval on its final checkpoint once training is done.
+struct EvalStage {
+  bool enabled = false;
+  std::vector<std::string> tasks;  // default: the six of the paper
+  int limit = 0;                   // documents per task; 0: all
+};
+
+// `moelab eval` arguments that evaluate a job's newest checkpoint into `db`.
+std::vector<std::string> eval_arguments(const EvalStage& stage, const std::string& job_id, const std::string& db);
+
 struct SweepSpec {
   std::string name;
   nlohmann::json base = nlohmann::json::object();
@@ -29,6 +39,7 @@ struct SweepSpec {
   std::vector<nlohmann::json> include, exclude;  // objects of dotted path -> value
   int max_attempts = 3;
   LocalOptions local;
+  EvalStage eval;
   nlohmann::json slurm = nlohmann::json::object();  // kept for the Slurm executor
   nlohmann::json source;                            // the spec as written
 };
