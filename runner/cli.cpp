@@ -7,6 +7,7 @@
 #include <thread>
 
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -15,6 +16,7 @@
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/serve/completion_server.hpp"
+#include "db/store.hpp"
 #include "eval/lm_eval_driver.hpp"
 #include "engine/train/trainer.hpp"
 #include "runner/command_line.hpp"
@@ -122,15 +124,29 @@ int serve(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The checkpoints of a job that `eval --every N` scores: multiples of N and the newest, if still on disk.
+std::vector<std::string> checkpoints_to_evaluate(const EvalOptions& opts, int every) {
+  Store store(opts.db_path);
+  auto rows = store.query("SELECT step, path FROM checkpoints WHERE job_id = '" + opts.job_id + "' ORDER BY step");
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < rows.size(); ++i)
+    if ((std::stoi(rows[i][0]) % every == 0 || i + 1 == rows.size()) && std::filesystem::exists(rows[i][1]))
+      paths.push_back(rows[i][1]);
+  if (paths.empty()) throw std::runtime_error("--job " + opts.job_id + ": no checkpoint on disk to evaluate");
+  return paths;
+}
+
 int eval(const std::vector<std::string>& args) {
   EvalOptions opts;
   std::string tasks;
+  int every = 0;
   po::options_description options("moelab eval");
   options.add_options()
       ("job", po::value(&opts.job_id), "evaluate this job's newest checkpoint")
       ("checkpoint", po::value(&opts.checkpoint), "or this checkpoint (.pt)")
       ("tasks", po::value(&tasks), "comma-separated (default: arc_easy,arc_challenge,hellaswag,piqa,sciq,winogrande)")
       ("limit", po::value(&opts.limit)->default_value(0), "documents per task (0: all); for testing only")
+      ("every", po::value(&every)->default_value(0), "with --job: every kept checkpoint at a multiple of this step, and the newest")
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
       ("output", po::value(&opts.output_dir), "where lm-eval writes its results and samples (default: beside the checkpoint)");
   po::variables_map vm;
@@ -143,12 +159,19 @@ int eval(const std::vector<std::string>& args) {
       if (comma > start) opts.tasks.push_back(tasks.substr(start, comma - start));
     }
   }
-  auto results = run_eval(opts);
-  std::printf("%-14s %-9s %8s %8s %8s  %s\n", "task", "metric", "value", "stderr", "samples", "data");
-  for (auto& r : results)
-    std::printf("%-14s %-9s %8.4f %8s %8lld  %s\n", r.task.c_str(), r.metric.c_str(), r.value,
-                r.stderr_value ? std::to_string(*r.stderr_value).substr(0, 6).c_str() : "-", (long long)r.samples,
-                r.source.c_str());
+  if (every > 0 && opts.job_id.empty()) throw std::runtime_error("eval: --every needs --job");
+  std::vector<std::string> checkpoints = {opts.checkpoint};
+  if (every > 0) checkpoints = checkpoints_to_evaluate(opts, every);
+  std::printf("%-9s %-14s %-9s %8s %8s %8s  %s\n", "ckpt", "task", "metric", "value", "stderr", "samples", "data");
+  for (auto& checkpoint : checkpoints) {
+    EvalOptions one = opts;
+    if (every > 0) one.checkpoint = checkpoint, one.job_id.clear();
+    for (auto& r : run_eval(one))
+      std::printf("%-9s %-14s %-9s %8.4f %8s %8lld  %s\n", std::filesystem::path(checkpoint.empty() ? "newest" : checkpoint).stem().c_str(),
+                  r.task.c_str(), r.metric.c_str(), r.value,
+                  r.stderr_value ? std::to_string(*r.stderr_value).substr(0, 6).c_str() : "-", (long long)r.samples,
+                  r.source.c_str());
+  }
   return 0;
 }
 

@@ -151,9 +151,13 @@ EvalStage parse_eval_stage(const json& j) {
       if (!value.is_number_integer() || value.get<int>() < 0) fail("eval.limit", "expected an integer >= 0, got " + value.dump());
       stage.limit = value;
     } else if (key == "checkpoints") {
-      // Intermediate checkpoints are pruned as training goes (train.keep_checkpoints), so only the
-      // final one is certain to exist when the stage runs.
-      if (value != "final") fail("eval.checkpoints", "only \"final\" is supported, got " + value.dump());
+      // "final", or {"every": N}: the checkpoints at multiples of N are kept from pruning
+      // (train.keep_every) so that they still exist when the stage runs after training.
+      const bool every = value.is_object() && value.size() == 1 && value.contains("every") &&
+                         value["every"].is_number_integer() && value["every"].get<int>() > 0;
+      if (value != "final" && !every)
+        fail("eval.checkpoints", "expected \"final\" or {\"every\": N} with N > 0, got " + value.dump());
+      stage.every = every ? value["every"].get<int>() : 0;
     } else {
       fail("eval." + key, "unknown key" + did_you_mean(key, {"tasks", "limit", "checkpoints"}));
     }
@@ -166,7 +170,8 @@ EvalStage parse_eval_stage(const json& j) {
 std::vector<std::string> eval_arguments(const EvalStage& stage, const std::string& job_id, const std::string& db) {
   std::string tasks;
   for (auto& t : stage.tasks) tasks += (tasks.empty() ? "" : ",") + t;
-  return {"eval", "--job", job_id, "--db", db, "--tasks", tasks, "--limit", std::to_string(stage.limit)};
+  return {"eval", "--job", job_id, "--db", db, "--tasks", tasks, "--limit", std::to_string(stage.limit),
+          "--every", std::to_string(stage.every)};
 }
 
 SweepSpec parse_sweep_spec(const json& j) {
@@ -251,10 +256,15 @@ std::vector<PlannedJob> expand(const SweepSpec& spec) {
   };
   for (auto& point : product(dimensions)) {
     auto job = make_job(spec, point);
+    if (spec.eval.every > 0) job.config.train.keep_every = spec.eval.every;  // not part of the job's id
     bool excluded = std::any_of(spec.exclude.begin(), spec.exclude.end(), [&](const json& e) { return matches(job, e); });
     if (!excluded) add(std::move(job));
   }
-  for (auto& extra : spec.include) add(make_job(spec, extra));
+  for (auto& extra : spec.include) {
+    auto job = make_job(spec, extra);
+    if (spec.eval.every > 0) job.config.train.keep_every = spec.eval.every;
+    add(std::move(job));
+  }
   return jobs;
 }
 

@@ -26,6 +26,7 @@ struct EvalStage {
   bool enabled = false;
   std::vector<std::string> tasks;  // default: the six of the paper
   int limit = 0;                   // documents per task; 0: all
+  int every = 0;                   // also every checkpoint at a multiple of this step (kept from pruning); 0: final only
 };
 
 // `moelab eval` arguments that evaluate a job's newest checkpoint into `db`.

@@ -72,6 +72,7 @@ struct TrainConfig {
   int eval_batches = 100;
   int checkpoint_every = 1000;
   int keep_checkpoints = 3;
+  int keep_every = 0;              // checkpoints at multiples of this step are never pruned (0: none)
   std::string device = "auto";     // auto|cpu|cuda
   int threads = 0;                 // CPU intra-op threads; 0 keeps LibTorch's default
 
@@ -93,7 +94,7 @@ struct JobConfig {
 
   // Canonical resolved JSON (every key, fixed order) and its hash: a job's identity.
   nlohmann::json to_json() const;
-  std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less name, train.device/threads
+  std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less name and where/how it runs
 };
 
 // Parses and validates; throws ConfigError naming the JSON path. Router aliases

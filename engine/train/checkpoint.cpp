@@ -40,8 +40,10 @@ std::map<int, fs::path> sidecars(const std::string& run_dir) {
   return found;
 }
 
-void prune(const std::string& run_dir, int keep) {
+// Keeps the newest `keep` checkpoints and every one at a multiple of `keep_every`.
+void prune(const std::string& run_dir, int keep, int keep_every) {
   auto all = sidecars(run_dir);
+  std::erase_if(all, [&](auto& entry) { return keep_every > 0 && entry.first % keep_every == 0; });
   int excess = int(all.size()) - keep;
   for (auto it = all.begin(); excess > 0; ++it, --excess) {
     fs::remove(checkpoint_stem(run_dir, it->first) + ".pt");
@@ -52,7 +54,7 @@ void prune(const std::string& run_dir, int keep) {
 }  // namespace
 
 SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& config, torch::nn::Module& model,
-                                torch::optim::Optimizer& optimizer, const Progress& progress, int keep) {
+                                torch::optim::Optimizer& optimizer, const Progress& progress) {
   fs::create_directories(run_dir);
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model.save(model_archive);
@@ -72,7 +74,7 @@ SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& con
   json sidecar{{"step", progress.step}, {"file", fs::path(saved.path).filename().string()},
                {"sha256", saved.sha256}, {"config_hash", config.hash()}};
   write_file_atomically(stem + ".json", sidecar.dump(2));
-  prune(run_dir, keep);
+  prune(run_dir, config.train.keep_checkpoints, config.train.keep_every);
   return saved;
 }
 

@@ -28,9 +28,10 @@ struct SavedCheckpoint {
   int step = 0;
 };
 
-// Writes run_dir/step_<step>.pt and its .json sidecar; deletes all but the newest `keep`.
+// Writes run_dir/step_<step>.pt and its .json sidecar; deletes all but the newest
+// train.keep_checkpoints and those at multiples of train.keep_every.
 SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& config, torch::nn::Module& model,
-                                torch::optim::Optimizer& optimizer, const Progress& progress, int keep);
+                                torch::optim::Optimizer& optimizer, const Progress& progress);
 
 // The newest checkpoint in run_dir, verified against its checksum and `config`; nullopt if none.
 // Throws CheckpointError naming the file when the checksum or config hash does not match.

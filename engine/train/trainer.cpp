@@ -226,8 +226,7 @@ class Trainer {
   }
 
   void checkpoint(Store& store, int step) {
-    auto saved = save_checkpoint(options_.run_dir, config_, *model_, *optimizer_, Progress{step, wall_time()},
-                                 config_.train.keep_checkpoints);
+    auto saved = save_checkpoint(options_.run_dir, config_, *model_, *optimizer_, Progress{step, wall_time()});
     store.put_checkpoint(CheckpointRow{job_id_, step, saved.path, saved.sha256});
     interval_start_ = Clock::now();
   }

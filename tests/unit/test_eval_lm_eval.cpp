@@ -141,12 +141,14 @@ TEST_F(LmEval, UnknownTasksAndMissingDataAreClearErrors) {
   EXPECT_FALSE(fs::exists(root_ / "other.db"));
 }
 
-// A sweep whose spec has an evaluation stage: each job is scored once it has trained.
+// A sweep whose spec has an evaluation stage: each job is scored once it has trained, at every
+// checkpoint that is a multiple of 10 steps (kept from pruning although keep_checkpoints is 1).
 TEST_F(LmEval, SweepEvaluationStageScoresEveryJob) {
   json spec = json::parse(std::ifstream(root_ / "config.json"));
   spec.erase("name");
+  spec["train"]["checkpoint_every"] = 5, spec["train"]["keep_checkpoints"] = 1;
   json sweep{{"name", "with-eval"}, {"base", spec}, {"axes", {{"seed", {1, 2}}}},
-             {"eval", {{"tasks", {"piqa", "arc_easy"}}, {"limit", 2}, {"checkpoints", "final"}}}};
+             {"eval", {{"tasks", {"piqa", "arc_easy"}}, {"limit", 2}, {"checkpoints", {{"every", 10}}}}}};
   std::ofstream(root_ / "sweep.json") << sweep.dump();
   const std::string store_path = (root_ / "sweep.db").string();
   auto r = moelab::testing::run_moelab("sweep run " + (root_ / "sweep.json").string() + " --jobs 2 --db " + store_path +
@@ -154,7 +156,8 @@ TEST_F(LmEval, SweepEvaluationStageScoresEveryJob) {
   ASSERT_EQ(r.code, 0) << r.output;
   Store store(store_path);
   EXPECT_EQ(store.query("SELECT count(*) FROM jobs WHERE eval_status LIKE 'done: 2 tasks at step 30'")[0][0], "2");
-  EXPECT_EQ(store.query("SELECT count(DISTINCT job_id || task) FROM evals")[0][0], "4");
+  EXPECT_EQ(store.query("SELECT count(*) FROM (SELECT DISTINCT job_id, task, step FROM evals)")[0][0], "12");  // 2 jobs x 2 tasks x steps 10, 20, 30
+  EXPECT_EQ(store.query("SELECT group_concat(DISTINCT step) FROM (SELECT step FROM evals ORDER BY step)")[0][0], "10,20,30");
   auto status = moelab::testing::run_moelab("sweep status with-eval --db " + store_path);
   EXPECT_NE(status.output.find("done: 2 tasks"), std::string::npos) << status.output;
 }

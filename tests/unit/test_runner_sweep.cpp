@@ -107,7 +107,7 @@ std::vector<Malformed> malformed_specs() {
       {with([](json& j) { j["slurm"] = {{"gpu", 1}}; }), "slurm.gpu: unknown key (did you mean \"gpus\"?)"},
       {with([](json& j) { j["eval"] = {{"tasks", {"piqa", "hellaswg"}}}; }),
        "eval.tasks[1]: unknown task \"hellaswg\" (did you mean \"hellaswag\"?)"},
-      {with([](json& j) { j["eval"] = {{"checkpoints", 1000}}; }), "eval.checkpoints: only \"final\" is supported, got 1000"},
+      {with([](json& j) { j["eval"] = {{"checkpoints", 1000}}; }), "eval.checkpoints: expected \"final\" or {\"every\": N} with N > 0, got 1000"},
       {with([](json& j) { j["slurm"] = {{"cpus", "4"}}; }), "slurm.cpus: expected an integer >= 0, got \"4\""},
       {with([](json& j) { j["axes"]["model.top_k"] = {9}, j["axes"]["model.granularity"] = {2}; }),
        "\"model.top_k\":9}: model.top_k: top_k 18 exceeds experts 16 (after granularity 2)"},
