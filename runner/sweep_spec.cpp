@@ -1,7 +1,9 @@
 #include "runner/sweep_spec.hpp"
 
 #include <algorithm>
+#include <exception>
 #include <set>
+#include <thread>
 
 #include "eval/lm_eval_driver.hpp"
 #include "runner/slurm_executor.hpp"
@@ -102,6 +104,28 @@ PlannedJob make_job(const SweepSpec& spec, const json& point) {
   job.id = job.config.hash();
   job.axes = point;
   return job;
+}
+
+// make_job for every point, on all cores (a 100,000-job study resolves and hashes each config).
+// The first failing point, in order, is the error reported, whatever thread found it.
+std::vector<PlannedJob> make_jobs(const SweepSpec& spec, const std::vector<json>& points) {
+  std::vector<PlannedJob> jobs(points.size());
+  std::vector<std::exception_ptr> errors(points.size());
+  const size_t workers = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 1 + points.size() / 1000);
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w < workers; ++w)
+    threads.emplace_back([&, w] {
+      for (size_t i = w; i < points.size(); i += workers) try {
+          jobs[i] = make_job(spec, points[i]);
+          if (spec.eval.every > 0) jobs[i].config.train.keep_every = spec.eval.every;  // not part of the job's id
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& error : errors)
+    if (error) std::rethrow_exception(error);
+  return jobs;
 }
 
 bool matches(const PlannedJob& job, const json& pattern) {
@@ -254,17 +278,11 @@ std::vector<PlannedJob> expand(const SweepSpec& spec) {
   auto add = [&](PlannedJob job) {
     if (seen.insert(job.id).second) jobs.push_back(std::move(job));
   };
-  for (auto& point : product(dimensions)) {
-    auto job = make_job(spec, point);
-    if (spec.eval.every > 0) job.config.train.keep_every = spec.eval.every;  // not part of the job's id
+  for (auto& job : make_jobs(spec, product(dimensions))) {
     bool excluded = std::any_of(spec.exclude.begin(), spec.exclude.end(), [&](const json& e) { return matches(job, e); });
     if (!excluded) add(std::move(job));
   }
-  for (auto& extra : spec.include) {
-    auto job = make_job(spec, extra);
-    if (spec.eval.every > 0) job.config.train.keep_every = spec.eval.every;
-    add(std::move(job));
-  }
+  for (auto& job : make_jobs(spec, spec.include)) add(std::move(job));
   return jobs;
 }
 
