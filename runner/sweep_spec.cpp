@@ -108,7 +108,8 @@ PlannedJob make_job(const SweepSpec& spec, const json& point) {
 
 // make_job for every point, on all cores (a 100,000-job study resolves and hashes each config).
 // The first failing point, in order, is the error reported, whatever thread found it.
-std::vector<PlannedJob> make_jobs(const SweepSpec& spec, const std::vector<json>& points) {
+template <typename Points>
+std::vector<PlannedJob> make_jobs(const SweepSpec& spec, const Points& points) {
   std::vector<PlannedJob> jobs(points.size());
   std::vector<std::exception_ptr> errors(points.size());
   const size_t workers = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 1 + points.size() / 1000);
@@ -137,22 +138,25 @@ bool matches(const PlannedJob& job, const json& pattern) {
   return true;
 }
 
-// Every point of the product of the dimensions, the last dimension varying fastest.
-std::vector<json> product(const std::vector<Dimension>& dimensions) {
-  std::vector<json> points = {json::object()};
-  for (auto& dimension : dimensions) {
-    std::vector<json> next;
-    const size_t length = dimension.front().second.size();
-    for (auto& point : points)
-      for (size_t i = 0; i < length; ++i) {
-        json extended = point;
-        for (auto& [path, values] : dimension) extended[path] = values[i];
-        next.push_back(std::move(extended));
-      }
-    points = std::move(next);
+// The points of the product of the dimensions, the last dimension varying fastest: point `index`
+// is the mixed-radix number whose digits pick one value of each dimension.
+struct Product {
+  const std::vector<Dimension>& dimensions;
+  size_t size() const {
+    size_t n = 1;
+    for (auto& d : dimensions) n *= d.front().second.size();
+    return n;
   }
-  return points;
-}
+  json operator[](size_t index) const {
+    json point = json::object();
+    for (auto d = dimensions.rbegin(); d != dimensions.rend(); ++d) {
+      const size_t length = d->front().second.size(), pick = index % length;
+      index /= length;
+      for (auto& [path, values] : *d) point[path] = values[pick];
+    }
+    return point;
+  }
+};
 
 EvalStage parse_eval_stage(const json& j) {
   if (!j.is_object()) fail("eval", "expected an object with tasks, limit and checkpoints");
@@ -278,7 +282,7 @@ std::vector<PlannedJob> expand(const SweepSpec& spec) {
   auto add = [&](PlannedJob job) {
     if (seen.insert(job.id).second) jobs.push_back(std::move(job));
   };
-  for (auto& job : make_jobs(spec, product(dimensions))) {
+  for (auto& job : make_jobs(spec, Product{dimensions})) {
     bool excluded = std::any_of(spec.exclude.begin(), spec.exclude.end(), [&](const json& e) { return matches(job, e); });
     if (!excluded) add(std::move(job));
   }

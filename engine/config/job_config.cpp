@@ -156,11 +156,20 @@ void parse_data(const json& j, DataConfig& d) {
   r.reject_unknown_keys();
 }
 
-void require(bool ok, const std::string& path, const std::string& message) {
-  if (!ok) throw ConfigError(path + ": " + message);
+// Messages are built only when a check fails: validation runs once per job of a sweep, and a sweep
+// can have 100,000 jobs.
+template <typename Message>
+void require(bool ok, const char* path, Message&& message) {
+  if (ok) return;
+  if constexpr (std::is_invocable_v<Message>)
+    throw ConfigError(std::string(path) + ": " + message());
+  else
+    throw ConfigError(std::string(path) + ": " + message);
 }
 
-void require_positive(int v, const std::string& path) { require(v > 0, path, "must be positive, got " + std::to_string(v)); }
+void require_positive(int v, const char* path) {
+  require(v > 0, path, [&] { return "must be positive, got " + std::to_string(v); });
+}
 
 void require_one_of(const std::string& v, std::initializer_list<const char*> allowed, const std::string& path) {
   std::string list;
@@ -211,16 +220,18 @@ void validate(const JobConfig& c) {
                       {m.d_model, "model.d_model"}, {m.heads, "model.heads"}, {m.granularity, "model.granularity"}})
     require_positive(v, p);
   require(m.d_model % m.heads == 0, "model.d_model",
-          "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads));
+          [&] { return "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads); });
   require(m.dense_size >= 0, "model.dense_size", "must be >= 0");
   if (m.is_moe()) {
     for (auto [v, p] : {std::pair{m.experts, "model.experts"}, {m.top_k, "model.top_k"}, {m.expert_size, "model.expert_size"}})
       require_positive(v, p);
-    require(m.expert_size % m.granularity == 0, "model.expert_size",
-            "expert_size " + std::to_string(m.expert_size) + " is not divisible by granularity " + std::to_string(m.granularity));
-    require(m.top_k <= m.experts, "model.top_k",
-            "top_k " + std::to_string(m.active_experts()) + " exceeds experts " + std::to_string(m.total_experts()) +
-                (m.granularity > 1 ? " (after granularity " + std::to_string(m.granularity) + ")" : ""));
+    require(m.expert_size % m.granularity == 0, "model.expert_size", [&] {
+      return "expert_size " + std::to_string(m.expert_size) + " is not divisible by granularity " + std::to_string(m.granularity);
+    });
+    require(m.top_k <= m.experts, "model.top_k", [&] {
+      return "top_k " + std::to_string(m.active_experts()) + " exceeds experts " + std::to_string(m.total_experts()) +
+             (m.granularity > 1 ? " (after granularity " + std::to_string(m.granularity) + ")" : "");
+    });
   }
   require(m.aux_loss_coef >= 0, "model.aux_loss_coef", "must be >= 0");
   require(m.z_loss_coef >= 0, "model.z_loss_coef", "must be >= 0");
@@ -233,8 +244,9 @@ void validate(const JobConfig& c) {
                       {t.log_every, "train.log_every"}, {t.eval_every, "train.eval_every"}, {t.eval_batches, "train.eval_batches"},
                       {t.checkpoint_every, "train.checkpoint_every"}, {t.keep_checkpoints, "train.keep_checkpoints"}})
     require_positive(v, p);
-  require(t.batch_size % t.micro_batch == 0, "train.batch_size",
-          "batch_size " + std::to_string(t.batch_size) + " is not divisible by micro_batch " + std::to_string(t.micro_batch));
+  require(t.batch_size % t.micro_batch == 0, "train.batch_size", [&] {
+    return "batch_size " + std::to_string(t.batch_size) + " is not divisible by micro_batch " + std::to_string(t.micro_batch);
+  });
   require(t.lr > 0, "train.lr", "must be positive");
   require(t.min_lr >= 0 && t.min_lr <= t.lr, "train.min_lr", "must be in [0, lr]");
   require(t.warmup >= 0, "train.warmup", "must be >= 0");
