@@ -25,9 +25,9 @@ inline CliResult run_moelab(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
 }
 
-// Token files of the first `bytes` of the embedded Austen corpus, byte-tokenized, in <dir>/data
-// (made by `moelab data prepare`, as a user would). The result says why when it failed.
-inline CliResult prepare_corpus_slice(const std::filesystem::path& dir, size_t bytes) {
+// Token files of the first `bytes` of the embedded Austen corpus in <dir>/data, made by
+// `moelab data prepare` as a user would. The result says why when it failed.
+inline CliResult prepare_corpus_slice(const std::filesystem::path& dir, size_t bytes, const std::string& tokenizer = "bytes") {
   std::ifstream corpus(std::string(MOELAB_ASSETS_DIR) + "/corpus/austen.txt");
   if (!corpus) return {1, "the Austen corpus is missing from " MOELAB_ASSETS_DIR "/corpus: run scripts/setup.sh"};
   std::string text(bytes, '\0');
@@ -35,7 +35,7 @@ inline CliResult prepare_corpus_slice(const std::filesystem::path& dir, size_t b
   text.resize(corpus.gcount());
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "slice.txt") << text;
-  return run_moelab("data prepare --corpus " + (dir / "slice.txt").string() + " --tokenizer bytes --out " +
+  return run_moelab("data prepare --corpus " + (dir / "slice.txt").string() + " --tokenizer " + tokenizer + " --out " +
                     (dir / "data").string());
 }
 

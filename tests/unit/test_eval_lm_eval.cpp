@@ -24,14 +24,7 @@ class LmEval : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = fs::temp_directory_path() / ("moelab_eval_" + std::to_string(getpid()));
-    fs::create_directories(root_);
-    std::ifstream corpus(std::string(MOELAB_ASSETS_DIR) + "/corpus/austen.txt");
-    ASSERT_TRUE(corpus) << "run scripts/setup.sh";
-    std::string text(300000, '\0');
-    corpus.read(text.data(), text.size());
-    std::ofstream(root_ / "slice.txt") << text;
-    auto r = moelab::testing::run_moelab("data prepare --tokenizer gpt2 --corpus " + (root_ / "slice.txt").string() + " --out " +
-                                 (root_ / "data").string());
+    auto r = moelab::testing::prepare_corpus_slice(root_, 300000, "gpt2");
     ASSERT_EQ(r.code, 0) << r.output;
     json config{{"name", "evaluated"},
                 {"model", {{"vocab_size", 50257}, {"seq_len", 256}, {"layers", 2}, {"d_model", 32}, {"heads", 4},
