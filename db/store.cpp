@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <set>
+
 #include <nlohmann/json.hpp>
 
 #include "db/schema.hpp"
@@ -15,22 +17,72 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+[[noreturn]] void fail(sqlite3* db, const std::string& what, const std::string& sql) {
+  throw StoreError("sqlite " + what + " failed: " + sqlite3_errmsg(db) + " (in: " + sql.substr(0, 120) + ")");
+}
+
+// Prepares the first statement of sql; tail, when given, receives what follows it.
+sqlite3_stmt* prepare(sqlite3* db, const std::string& sql, const char** tail = nullptr) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), int(sql.size()), &stmt, tail) != SQLITE_OK) fail(db, "prepare", sql);
+  if (!stmt) throw StoreError("sqlite prepare failed: no statement in \"" + sql.substr(0, 120) + "\"");
+  return stmt;
+}
+
+// Whether sql holds a statement (not just blanks, semicolons and comments).
+bool has_statement(sqlite3* db, const char* sql) {
+  sqlite3_stmt* stmt = nullptr;
+  sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr);
+  sqlite3_finalize(stmt);
+  return stmt != nullptr || sqlite3_errcode(db) != SQLITE_OK;
+}
+
+// A connection cannot close while statements are unfinalized, so the cache goes first.
+void close_connection(sqlite3* db, std::unordered_map<std::string, sqlite3_stmt*>& statements) {
+  for (auto& [sql, stmt] : statements) sqlite3_finalize(stmt);
+  statements.clear();
+  sqlite3_close(db);
+}
+
+const std::set<std::string> kJobStatuses = {"queued", "running", "done", "failed", "interrupted", "cancelled"};
+const std::set<std::string> kTerminalStatuses = {"done", "failed", "interrupted", "cancelled"};
+
+// Checks that the file is one of ours: SQLite (reading fails otherwise), not from a newer moelab,
+// and not some other program's database (tables but version 0).
+// Version and tables are read in one statement, hence one snapshot: a store that another process is
+// migrating right now shows either both or neither.
+void check_is_moelab_store(const Store& store) {
+  auto row = store.query("SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master)").at(0);
+  const int version = std::stoi(row[0]);
+  if (version > Store::schema_version())
+    throw StoreError("schema version " + std::to_string(version) + " is newer than this moelab knows (" +
+                     std::to_string(Store::schema_version()) + ")");
+  if (version == 0 && row[1] != "0") throw StoreError("it holds tables but no moelab schema version");
+}
+
 }  // namespace
 
-// One use of a prepared statement; binds by position, steps to completion. Statements come from
-// the store's cache (prepared once per connection) and are reset for the next use on scope exit.
+// One use of a prepared statement; binds by position, steps to completion. A writer's statement
+// comes from the store's cache (prepared once per connection) and is reset for the next use on
+// scope exit; a one-shot statement (ad-hoc reads, whose SQL varies) is finalized instead, so the
+// cache does not grow with every distinct query.
 class Statement {
  public:
-  Statement(sqlite3* db, sqlite3_stmt*& cached, const std::string& sql) : db_(db), sql_(sql) {
-    if (!cached && sqlite3_prepare_v2(db, sql.c_str(), -1, &cached, nullptr) != SQLITE_OK) fail("prepare");
-    stmt_ = cached;
-  }
+  enum class Ownership { cached, one_shot };
+  Statement(sqlite3* db, sqlite3_stmt* stmt, const std::string& sql, Ownership ownership)
+      : db_(db), sql_(sql), stmt_(stmt), ownership_(ownership) {}
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
   ~Statement() {
+    if (ownership_ == Ownership::one_shot) {
+      sqlite3_finalize(stmt_);
+      return;
+    }
     sqlite3_reset(stmt_);
     sqlite3_clear_bindings(stmt_);
   }
 
-  Statement& bind(const std::string& v) { return check(sqlite3_bind_text(stmt_, ++index_, v.c_str(), -1, SQLITE_TRANSIENT)); }
+  Statement& bind(const std::string& v) { return check(sqlite3_bind_text(stmt_, ++index_, v.c_str(), int(v.size()), SQLITE_TRANSIENT)); }
   Statement& bind(const char* v) { return bind(std::string(v)); }
   Statement& bind(double v) { return check(sqlite3_bind_double(stmt_, ++index_, v)); }
   Statement& bind(int64_t v) { return check(sqlite3_bind_int64(stmt_, ++index_, v)); }
@@ -44,14 +96,14 @@ class Statement {
   // Runs a statement that returns no rows; returns the number of rows it changed.
   int run() {
     int rc = sqlite3_step(stmt_);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail("run");
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail(db_, "run", sql_);
     return sqlite3_changes(db_);
   }
 
   bool next_row() {
     int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
-    if (rc != SQLITE_DONE) fail("read");
+    if (rc != SQLITE_DONE) fail(db_, "read", sql_);
     return false;
   }
   std::string text(int column) const {
@@ -64,19 +116,21 @@ class Statement {
 
  private:
   Statement& check(int rc) {
-    if (rc != SQLITE_OK) fail("bind");
+    if (rc != SQLITE_OK) fail(db_, "bind", sql_);
     return *this;
-  }
-  [[noreturn]] void fail(const char* what) const {
-    throw StoreError(std::string("sqlite ") + what + " failed: " + sqlite3_errmsg(db_) + " (in: " + sql_.substr(0, 120) + ")");
   }
   sqlite3* db_;
   std::string sql_;
-  sqlite3_stmt* stmt_ = nullptr;
+  sqlite3_stmt* stmt_;
+  Ownership ownership_;
   int index_ = 0;
 };
 
-Statement Store::statement(const std::string& sql) const { return Statement(db_, statements_[sql], sql); }
+Statement Store::statement(const std::string& sql) const {
+  sqlite3_stmt*& cached = statements_[sql];
+  if (!cached) cached = prepare(db_, sql);
+  return Statement(db_, cached, sql, Statement::Ownership::cached);
+}
 
 void Store::write_for_job(const std::string& job_id, const char* table, const std::function<void()>& write) {
   try {
@@ -88,8 +142,12 @@ void Store::write_for_job(const std::string& job_id, const char* table, const st
 }
 
 Store::Store(const std::string& path) : path_(path) {
-  auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
+  try {
+    auto parent = std::filesystem::path(path).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
+  } catch (const std::filesystem::filesystem_error& e) {
+    throw StoreError(path + ": cannot create the store's directory: " + e.what());
+  }
   if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
     std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
@@ -98,18 +156,18 @@ Store::Store(const std::string& path) : path_(path) {
   // Many processes write one file: wait for locks rather than failing, and let readers run beside writers.
   sqlite3_busy_timeout(db_, 60000);
   try {
-    exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
+    exec("PRAGMA foreign_keys=ON");
+    // Refuse a foreign file before changing it: journal_mode=WAL is written into the file.
+    check_is_moelab_store(*this);
+    exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
     migrate();
   } catch (const StoreError& e) {
-    sqlite3_close(db_);
+    close_connection(db_, statements_);
     throw StoreError(path + ": not a usable moelab store: " + e.what());
   }
 }
 
-Store::~Store() {
-  for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
-  sqlite3_close(db_);
-}
+Store::~Store() { close_connection(db_, statements_); }
 
 int Store::schema_version() { return migrations().back().version; }
 
@@ -117,9 +175,6 @@ int Store::user_version() const { return std::stoi(query("PRAGMA user_version")[
 
 void Store::migrate() {
   const int current = user_version();
-  if (current > schema_version())
-    throw StoreError("schema version " + std::to_string(current) + " is newer than this moelab knows (" +
-                     std::to_string(schema_version()) + ")");
   for (const auto& m : migrations()) {
     if (m.version <= current) continue;
     transaction([&] {
@@ -141,12 +196,14 @@ void Store::exec(const std::string& sql) const {
 }
 
 void Store::transaction(const std::function<void()>& fn) {
-  exec("BEGIN IMMEDIATE");
+  exec("BEGIN IMMEDIATE");  // takes the write lock now, so the busy timeout (not a deadlock) handles contention
   try {
     fn();
     exec("COMMIT");
   } catch (...) {
-    exec("ROLLBACK");
+    // SQLite may already have rolled back (e.g. on a full disk); a failing ROLLBACK must not hide
+    // the error that caused it.
+    if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
 }
@@ -165,8 +222,11 @@ void Store::upsert_job(const JobRow& job) {
 
 void Store::set_job_status(const std::string& job_id, const std::string& status, const std::string& error,
                            std::optional<int> exit_code) {
+  if (!kJobStatuses.count(status))
+    throw StoreError("set_job_status: unknown status '" + status + "' for job " + job_id +
+                     " (expected queued, running, done, failed, interrupted or cancelled)");
   const bool running = status == "running";
-  const bool terminal = status == "done" || status == "failed" || status == "cancelled" || status == "interrupted";
+  const bool terminal = kTerminalStatuses.count(status) > 0;
   int changed = statement("UPDATE jobs SET status = ?, error = ?, exit_code = ?, "
                           "attempts = attempts + ?, started_at = CASE WHEN ? THEN ? ELSE started_at END, "
                           "finished_at = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE finished_at END WHERE id = ?")
@@ -309,7 +369,10 @@ void Store::log_event(const std::string& job_id, const std::string& level, const
 }
 
 Store::Table Store::query_table(const std::string& sql) const {
-  Statement s = statement(sql);
+  const char* tail = nullptr;
+  Statement s(db_, prepare(db_, sql, &tail), sql, Statement::Ownership::one_shot);
+  // prepare reads only the first statement; a second one would be silently ignored.
+  if (has_statement(db_, tail)) throw StoreError("query takes one statement: " + sql);
   if (!s.read_only()) throw StoreError("query refuses a statement that writes: " + sql);
   Table table;
   for (int c = 0; c < s.columns(); ++c) table.columns.push_back(s.column_name(c));

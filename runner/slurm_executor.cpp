@@ -117,7 +117,9 @@ std::string sbatch_script(const SlurmOptions& o, const SweepSpec& spec, const st
   std::ostringstream s;
   s << "#!/bin/bash\n";
   s << "#SBATCH --job-name=moelab-" << sweep << "\n";
-  s << "#SBATCH --array=0-" << tasks - 1 << (o.max_parallel > 0 ? "%" + std::to_string(o.max_parallel) : "") << "\n";
+  s << "#SBATCH --array=0-" << tasks - 1;
+  if (o.max_parallel > 0) s << "%" << o.max_parallel;
+  s << "\n";
   s << "#SBATCH --output=" << log_dir << "/%A_%a.out\n";
   s << "#SBATCH --requeue\n";
   s << "#SBATCH --signal=B:USR2@" << o.signal_seconds << "\n";
