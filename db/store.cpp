@@ -2,9 +2,11 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -42,6 +44,31 @@ void close_connection(sqlite3* db, std::unordered_map<std::string, sqlite3_stmt*
   for (auto& [sql, stmt] : statements) sqlite3_finalize(stmt);
   statements.clear();
   sqlite3_close(db);
+}
+
+// How long a writer waits for another one's lock before it gives up. Jobs write in small
+// transactions, so a long wait means something is stuck, not busy.
+constexpr std::chrono::milliseconds kBusyTimeout{60000};
+
+// PRAGMA journal_mode=WAL needs exclusive access to convert the file, and SQLite answers "database
+// is locked" at once instead of calling the busy handler: several processes opening a new store
+// together run into that. So this retries within the busy timeout. Once a file is in WAL mode
+// (a property of the file) the pragma changes nothing and succeeds at the first try.
+void use_wal(sqlite3* db) {
+  const std::string sql = "PRAGMA journal_mode=WAL";
+  const auto deadline = std::chrono::steady_clock::now() + kBusyTimeout;
+  for (std::chrono::milliseconds pause{1};; pause = std::min(pause * 2, std::chrono::milliseconds{100})) {
+    std::string mode;
+    auto keep_mode = [](void* out, int, char** values, char**) {
+      *static_cast<std::string*>(out) = values[0] ? values[0] : "";
+      return 0;
+    };
+    const int rc = sqlite3_exec(db, sql.c_str(), keep_mode, &mode, nullptr);
+    if (rc == SQLITE_OK && mode == "wal") return;
+    if (rc == SQLITE_OK) throw StoreError("the file stays in journal mode '" + mode + "', not WAL");
+    if (rc != SQLITE_BUSY || std::chrono::steady_clock::now() > deadline) fail(db, "exec", sql);
+    std::this_thread::sleep_for(pause);
+  }
 }
 
 const std::set<std::string> kJobStatuses = {"queued", "running", "done", "failed", "interrupted", "cancelled"};
@@ -83,7 +110,6 @@ class Statement {
   }
 
   Statement& bind(const std::string& v) { return check(sqlite3_bind_text(stmt_, ++index_, v.c_str(), int(v.size()), SQLITE_TRANSIENT)); }
-  Statement& bind(const char* v) { return bind(std::string(v)); }
   Statement& bind(double v) { return check(sqlite3_bind_double(stmt_, ++index_, v)); }
   Statement& bind(int64_t v) { return check(sqlite3_bind_int64(stmt_, ++index_, v)); }
   Statement& bind(int v) { return bind(int64_t(v)); }
@@ -154,12 +180,13 @@ Store::Store(const std::string& path) : path_(path) {
     throw StoreError(path + ": cannot open store: " + message);
   }
   // Many processes write one file: wait for locks rather than failing, and let readers run beside writers.
-  sqlite3_busy_timeout(db_, 60000);
+  sqlite3_busy_timeout(db_, int(kBusyTimeout.count()));
   try {
     exec("PRAGMA foreign_keys=ON");
     // Refuse a foreign file before changing it: journal_mode=WAL is written into the file.
     check_is_moelab_store(*this);
-    exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+    use_wal(db_);
+    exec("PRAGMA synchronous=NORMAL");  // safe in WAL mode: a power cut may lose the last commits, never consistency
     migrate();
   } catch (const StoreError& e) {
     close_connection(db_, statements_);

@@ -18,13 +18,13 @@ using namespace moelab;
 
 namespace {
 
-// A PRAGMA's value read through a connection of its own: Store::query refuses PRAGMAs that can
-// write (journal_mode), and this also sees what the file says, not what one Store believes.
-std::string raw_pragma(const std::string& path, const std::string& pragma) {
+// A value read through a connection of its own: Store::query refuses PRAGMAs that can write
+// (journal_mode), and this sees what the file says, not what one Store believes.
+std::string raw_value(const std::string& path, const std::string& sql) {
   sqlite3* db = nullptr;
   sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
   sqlite3_stmt* stmt = nullptr;
-  sqlite3_prepare_v2(db, ("PRAGMA " + pragma).c_str(), -1, &stmt, nullptr);
+  sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr);
   std::string value = sqlite3_step(stmt) == SQLITE_ROW ? reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))
                                                        : "<no row: " + std::string(sqlite3_errmsg(db)) + ">";
   sqlite3_finalize(stmt);
@@ -122,8 +122,8 @@ TEST_F(StoreTest, FreshFileIsMigratedToTheNewestSchemaInWalMode) {
   const std::string nested = (dir_ / "runs" / "deeper" / "moelab.db").string();
   Store s(nested);
   EXPECT_EQ(s.user_version(), Store::schema_version());
-  EXPECT_EQ(raw_pragma(nested, "user_version"), std::to_string(Store::schema_version()));
-  EXPECT_EQ(raw_pragma(nested, "journal_mode"), "wal");
+  EXPECT_EQ(raw_value(nested, "PRAGMA user_version"), std::to_string(Store::schema_version()));
+  EXPECT_EQ(raw_value(nested, "PRAGMA journal_mode"), "wal");
   EXPECT_EQ(one(s, "PRAGMA foreign_keys"), "1");
   EXPECT_EQ(one(s, "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
                    "AND name NOT LIKE 'sqlite_%' ORDER BY name)"),
@@ -159,15 +159,16 @@ TEST_F(StoreTest, RefusesAStoreFromANewerVersionWithoutTouchingIt) {
   auto message = message_of([&] { Store s(path("future.db")); });
   EXPECT_NE(message.find("newer"), std::string::npos) << message;
   EXPECT_NE(message.find(path("future.db")), std::string::npos) << message;
-  EXPECT_EQ(raw_pragma(path("future.db"), "journal_mode"), "delete");
-  EXPECT_EQ(raw_pragma(path("future.db"), "user_version"), "999");
+  EXPECT_EQ(raw_value(path("future.db"), "PRAGMA journal_mode"), "delete");
+  EXPECT_EQ(raw_value(path("future.db"), "PRAGMA user_version"), "999");
 }
 
 TEST_F(StoreTest, RefusesAnotherProgramsDatabase) {
   raw_exec(path("other.db"), "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)");
   auto message = message_of([&] { Store s(path("other.db")); });
   EXPECT_NE(message.find(path("other.db")), std::string::npos) << message;
-  EXPECT_EQ(raw_pragma(path("other.db"), "table_info('jobs')"), "<no row: not an error>");
+  EXPECT_EQ(raw_value(path("other.db"), "SELECT group_concat(name) FROM sqlite_master"), "accounts");
+  EXPECT_EQ(raw_value(path("other.db"), "PRAGMA journal_mode"), "delete");
 }
 
 TEST_F(StoreTest, RewritingAStepReplacesItsRow) {
