@@ -18,6 +18,7 @@
 #include "engine/serve/completion_server.hpp"
 #include "db/store.hpp"
 #include "eval/lm_eval_driver.hpp"
+#include "reports/report.hpp"
 #include "engine/train/trainer.hpp"
 #include "runner/command_line.hpp"
 #include "runner/sweep_commands.hpp"
@@ -152,13 +153,7 @@ int eval(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse_options(args, "eval (--job ID | --checkpoint PATH) [--tasks LIST] [--limit N] [--db FILE]", options, vm)) return 0;
   if (opts.job_id.empty() == opts.checkpoint.empty()) throw std::runtime_error("eval: give exactly one of --job and --checkpoint");
-  if (!tasks.empty()) {
-    opts.tasks.clear();
-    for (size_t start = 0, comma; start <= tasks.size(); start = comma + 1) {
-      comma = std::min(tasks.find(',', start), tasks.size());
-      if (comma > start) opts.tasks.push_back(tasks.substr(start, comma - start));
-    }
-  }
+  if (!tasks.empty()) opts.tasks = split_list(tasks);
   if (every > 0 && opts.job_id.empty()) throw std::runtime_error("eval: --every needs --job");
   std::vector<std::string> checkpoints = {opts.checkpoint};
   if (every > 0) checkpoints = checkpoints_to_evaluate(opts, every);
@@ -175,6 +170,30 @@ int eval(const std::vector<std::string>& args) {
   return 0;
 }
 
+int report(const std::vector<std::string>& args) {
+  ReportOptions opts;
+  std::string studies, formats;
+  po::options_description options("moelab report");
+  options.add_options()
+      ("sweep", po::value(&opts.sweep)->required(), "the sweep's name")
+      ("study", po::value(&studies)->default_value("all"), "routers,seeds,sparsity,granularity,downstream,routing or all")
+      ("format", po::value(&formats)->default_value("md,csv,png,svg"), "any of md,csv,png,svg")
+      ("out", po::value(&opts.out_dir), "output directory (default: <db dir>/reports/<sweep>)")
+      ("paper", po::bool_switch(&opts.paper), "put the paper's figures beside ours where a configuration matches")
+      ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store");
+  po::positional_options_description positional;
+  positional.add("sweep", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "report SWEEP [--study LIST] [--format LIST] [--out DIR] [--paper] [--db FILE]", options, vm,
+                     positional))
+    return 0;
+  for (auto& name : split_list(studies))
+    if (name != "all") opts.studies.push_back(parse_study(name));
+  opts.formats = split_list(formats);
+  for (auto& file : write_report(opts)) std::printf("wrote %s\n", file.c_str());
+  return 0;
+}
+
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"data", {"data prepare: tokenize a corpus into token files", [](const std::vector<std::string>& a) {
@@ -186,6 +205,7 @@ const std::map<std::string, Command>& commands() {
       {"eval", {"score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval}},
       {"serve", {"serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve}},
       {"sweep", {"sweep plan|run|status|cancel: expand a sweep spec and run its jobs", sweep_command}},
+      {"report", {"the paper's tables and plots for a sweep (markdown, CSV, PNG, SVG)", report}},
       {"db", {"db query \"SQL\": read-only questions to the store", db_command}},
   };
   return table;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -21,6 +22,16 @@ inline bool parse_options(const std::vector<std::string>& args, const std::strin
   }
   boost::program_options::notify(vm);
   return true;
+}
+
+// "a,b,,c" -> {"a", "b", "c"}: the comma-separated lists options take (--tasks, --study, --format).
+inline std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  for (size_t start = 0, comma; start <= text.size(); start = comma + 1) {
+    comma = std::min(text.find(',', start), text.size());
+    if (comma > start) items.push_back(text.substr(start, comma - start));
+  }
+  return items;
 }
 
 }  // namespace moelab

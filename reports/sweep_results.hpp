@@ -1,0 +1,59 @@
+// Everything a report needs about one sweep, read from the store in a few queries: its jobs with their
+// resolved configs, validation losses by step, evaluation scores and routing statistics.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/config/job_config.hpp"
+
+namespace moelab {
+
+class Store;
+
+struct RoutingSummary {  // one job's last evaluation, averaged over its MoE layers
+  int64_t step = 0;
+  double load_std = 0, load_max_over_mean = 0, dead_experts = 0, positive_gates = 0, fewer_than_k = 0,
+         router_cosine = 0;
+};
+
+struct EvalScore {
+  int64_t step = 0;
+  double value = 0;
+  std::optional<double> stderr_value;
+  int64_t samples = 0;
+};
+
+struct JobResult {
+  std::string id, name, status, error, eval_status;
+  JobConfig config;
+  std::string router;                                        // router_label(): kern variants apart
+  std::map<int64_t, double> val_loss;                        // step -> validation loss
+  std::map<std::string, EvalScore> evals;                    // "task/metric" -> newest step's score
+  std::optional<RoutingSummary> routing;
+  std::map<std::string, std::string> setting;                // varying config fields (see below) -> value
+
+  // The loss at the configured last step; none while the job has not got there.
+  std::optional<double> final_loss() const;
+};
+
+struct SweepResults {
+  std::string name;
+  std::vector<JobResult> jobs;  // ordered by router (paper order), then setting, then seed
+  // Dotted config paths whose values differ between jobs, less the seed and the router's identity:
+  // what separates one row of a table from another besides the router (e.g. model.seq_len).
+  std::vector<std::string> setting_paths;
+};
+
+// Throws naming the sweep and listing the ones the store has when it has none by that name.
+SweepResults load_sweep_results(const Store& store, const std::string& sweep);
+
+// Orders setting values as numbers when both are numbers (8 before 16), else as text.
+bool setting_value_less(const std::string& a, const std::string& b);
+
+// Routers in the paper's order (dense, softmax, sigmoid, tanh, kern and its variants, kmeans), others after.
+int router_rank(const std::string& router);
+
+}  // namespace moelab
