@@ -108,7 +108,7 @@ std::vector<std::string> write_report(const ReportOptions& o) {
     for (auto& figure : output.figures) {
       plots["figures"].push_back(figure);
       if (!plots["formats"].empty())
-        tables.back().notes.push_back("![" + figure["title"].get<std::string>() + "](plots/" +
+        tables.back().after.push_back("![" + figure["title"].get<std::string>() + "](plots/" +
                                       figure["name"].get<std::string>() + "." + plots["formats"][0].get<std::string>() + ")");
     }
   }

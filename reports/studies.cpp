@@ -485,6 +485,7 @@ Table missing_jobs_table(const SweepResults& r) {
   Table t{.name = "missing", .title = "Missing or failed jobs"};
   t.columns = {{"job", -1}, {"name", -1}, {"router", -1}, {"status", -1}, {"last_val_step", 0}, {"of_steps", 0}, {"why", -1}};
   t.notes.push_back("Jobs whose numbers are absent or partial in the tables above (their cells show -).");
+  t.when_empty = "None: every job finished and has its final validation loss.";
   for (auto& job : r.jobs) {
     std::string why;
     if (job.status == "failed") why = job.error.substr(0, job.error.find('\n'));

@@ -50,8 +50,7 @@ std::string csv_field(const std::string& text) {
 
 std::string to_markdown(const Table& table) {
   std::string out = "### " + table.title + "\n\n";
-  for (auto& note : table.notes) out += note + "\n";
-  if (!table.notes.empty()) out += "\n";
+  for (auto& note : table.notes) out += note + "\n\n";
   std::string header = "|", rule = "|";
   for (auto& column : table.columns) {
     header += " " + column.name + " |";
@@ -63,7 +62,8 @@ std::string to_markdown(const Table& table) {
     for (size_t i = 0; i < row.size(); ++i) out += " " + markdown_cell(row[i], table.columns[i]) + " |";
     out += "\n";
   }
-  if (table.rows.empty()) out += "\n(no rows: the sweep has no data for this table yet)\n";
+  if (table.rows.empty()) out += "\n" + table.when_empty + "\n";
+  for (auto& line : table.after) out += "\n" + line + "\n";
   return out + "\n";
 }
 

@@ -28,6 +28,8 @@ struct Table {
   std::string name;                // file stem of its CSV, e.g. "routers"
   std::string title;               // markdown heading
   std::vector<std::string> notes;  // sentences printed under the heading
+  std::vector<std::string> after;  // markdown printed below the table (its plots)
+  std::string when_empty = "(no rows: the sweep has no data for this table yet)";
   std::vector<Column> columns;
   std::vector<std::vector<Cell>> rows;
 

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The demo: set up, tokenize the embedded Austen corpus with GPT-2 BPE, train a tiny KERN and a tiny
-# softmax MoE on the CPU, and print their validation losses and where the SQLite store is.
+# The demo: set up, tokenize the embedded Austen corpus with GPT-2 BPE, run the demo sweep
+# (sweeps/demo.json: dense, softmax, sigmoid, tanh and KERN, two seeds each, tiny models on the CPU,
+# each scored by lm-eval on a few documents of the six tasks), then write its report.
+#
+#   bash scripts/demo.sh               # everything, in demo-runs/ of the repository
+#   MOELAB_DEMO_DIR=/tmp/d bash scripts/demo.sh --no-setup   # elsewhere, set-up and build already done
+# Running it again skips finished jobs and resumes interrupted ones.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup.sh"
-cmake --build "$ROOT/build" -j "$(nproc)" --target moelab
-cd "$ROOT"
-OUT=demo-runs
-MOELAB=build/moelab
-[[ -f $OUT/data/meta.json ]] || $MOELAB data prepare --corpus austen --tokenizer gpt2 --out $OUT/data
-for router in kern softmax; do
-  $MOELAB train --config sweeps/jobs/demo-tiny.json --set model.router=$router --set name=demo-$router \
-    --db $OUT/moelab.db --run-dir $OUT/$router --resume
-done
+if [[ ${1:-} != --no-setup ]]; then
+  bash "$ROOT/scripts/setup.sh"
+  cmake --build "$ROOT/build" -j "$(nproc)" --target moelab
+fi
+cd "${MOELAB_DEMO_DIR:-$ROOT}"
+MOELAB=$ROOT/build/moelab
+DB=demo-runs/moelab.db
+[[ -f demo-runs/data/meta.json ]] || $MOELAB data prepare --corpus austen --tokenizer gpt2 --out demo-runs/data
+$MOELAB sweep run "$ROOT/sweeps/demo.json" --db $DB --workdir demo-runs/demo
+$MOELAB report demo --db $DB --paper --out demo-runs/report
 echo
-echo "validation loss (final step) per router:"
-sqlite3 -column -header $OUT/moelab.db \
-  "SELECT name AS job, step, printf('%.4f', loss) AS val_loss FROM latest_val_loss ORDER BY name"
+awk '/^### Validation loss by step/ {shown = 1} shown && /^$/ && table {exit} shown {print; if (/^\|/) table = 1}' \
+  demo-runs/report/report.md
 echo
-echo "store: $ROOT/$OUT/moelab.db   (try: sqlite3 $OUT/moelab.db 'SELECT * FROM job_progress')"
+echo "report: $PWD/demo-runs/report/report.md (tables, CSV and plots in demo-runs/report/)"
+echo "store:  $PWD/$DB   (try: sqlite3 -header -column $DB 'SELECT * FROM latest_val_loss')"
