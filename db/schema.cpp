@@ -106,6 +106,21 @@ CREATE VIEW job_progress AS
          datetime(j.started_at, 'unixepoch') AS started, j.error
   FROM jobs j;
 )SQL"},
+      {2, R"SQL(
+-- A job belongs to every sweep that planned it: studies share runs (the same resolved config is
+-- one job), and jobs.sweep keeps only the sweep that last ran it.
+CREATE TABLE sweep_jobs (
+  sweep     TEXT NOT NULL,
+  job_id    TEXT NOT NULL REFERENCES jobs(id),
+  axes_json TEXT NOT NULL DEFAULT '{}',
+  PRIMARY KEY (sweep, job_id)
+);
+INSERT INTO sweep_jobs (sweep, job_id, axes_json) SELECT sweep, id, axes_json FROM jobs WHERE sweep != '';
+DROP VIEW job_axes;
+CREATE VIEW job_axes AS
+  SELECT j.id AS job_id, j.name, s.sweep, a.key AS axis, a.value
+  FROM sweep_jobs s JOIN jobs j ON j.id = s.job_id, json_each(s.axes_json) a;
+)SQL"},
   };
   return all;
 }

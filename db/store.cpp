@@ -235,6 +235,16 @@ void Store::transaction(const std::function<void()>& fn) {
   }
 }
 
+std::string sql_quote(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string in_sweep(const std::string& sweep, const std::string& id_column) {
+  return id_column + " IN (SELECT job_id FROM sweep_jobs WHERE sweep = " + sql_quote(sweep) + ")";
+}
+
 void Store::upsert_job(const JobRow& job) {
   statement(
             "INSERT INTO jobs (id, name, sweep, config_json, axes_json, total_steps, created_at) VALUES (?,?,?,?,?,?,?) "
@@ -244,6 +254,11 @@ void Store::upsert_job(const JobRow& job) {
             "axes_json = CASE WHEN excluded.axes_json != '{}' THEN excluded.axes_json ELSE axes_json END")
       .bind(job.id).bind(job.name).bind(job.sweep).bind(job.config_json).bind(job.axes_json).bind(job.total_steps)
       .bind(now_seconds())
+      .run();
+  if (job.sweep.empty()) return;
+  statement("INSERT INTO sweep_jobs (sweep, job_id, axes_json) VALUES (?,?,?) "
+            "ON CONFLICT(sweep, job_id) DO UPDATE SET axes_json = excluded.axes_json")
+      .bind(job.sweep).bind(job.id).bind(job.axes_json)
       .run();
 }
 

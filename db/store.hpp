@@ -75,6 +75,13 @@ struct EvalRow {
   std::string source;        // where the task data came from; "fixture:..." marks fixture data
 };
 
+// A string as an SQL literal ('it''s'), for the read-only queries the CLI and reports build.
+std::string sql_quote(const std::string& text);
+// SQL condition that selects the jobs of a sweep by their id column. A job belongs to every sweep
+// that planned it (studies share runs: the paper's seed-0 routers job is also the seeds study's),
+// so membership lives in sweep_jobs, not in jobs.sweep (the sweep that last ran it).
+std::string in_sweep(const std::string& sweep, const std::string& id_column = "id");
+
 class Store {
  public:
   // Opens (creating the file and parent directory if needed) and migrates to the newest schema.
@@ -89,7 +96,8 @@ class Store {
   const std::string& path() const { return path_; }
 
   // Inserts the job or, if it exists, keeps its config and refreshes name and total_steps, and
-  // sweep and axes unless the new row leaves them empty.
+  // sweep and axes unless the new row leaves them empty. A job with a sweep joins that sweep's
+  // members (sweep_jobs) with its axes there.
   void upsert_job(const JobRow& job);
   // status: queued|running|done|failed|interrupted|cancelled. Sets started_at on running,
   // finished_at on terminal states; increments attempts on running; error may be empty.

@@ -9,12 +9,6 @@
 namespace moelab {
 namespace {
 
-std::string quoted(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
-  return out + "'";
-}
-
 double number(const std::string& text) { return std::stod(text); }
 
 // Fields that never separate two rows of a table: the seed is averaged over, the router is the row
@@ -47,8 +41,8 @@ namespace {
 
 std::vector<JobResult> read_jobs(const Store& store, const std::string& sweep) {
   std::vector<JobResult> jobs;
-  for (auto& row : store.query("SELECT id, name, status, error, eval_status, config_json FROM jobs WHERE sweep = " +
-                               quoted(sweep) + " ORDER BY id")) {
+  for (auto& row : store.query("SELECT id, name, status, error, eval_status, config_json FROM jobs WHERE " +
+                               in_sweep(sweep) + " ORDER BY id")) {
     JobResult job{.id = row[0], .name = row[1], .status = row[2], .error = row[3], .eval_status = row[4]};
     try {
       job.config = parse_job_config(nlohmann::json::parse(row[5]));
@@ -63,11 +57,11 @@ std::vector<JobResult> read_jobs(const Store& store, const std::string& sweep) {
 }
 
 void read_measurements(const Store& store, const std::string& sweep, std::map<std::string, JobResult*>& by_id) {
-  const std::string in_sweep = " JOIN jobs j ON j.id = t.job_id WHERE j.sweep = " + quoted(sweep);
-  for (auto& row : store.query("SELECT t.job_id, t.step, t.loss FROM metrics t" + in_sweep + " AND t.split = 'val'"))
+  const std::string of_sweep = " WHERE " + in_sweep(sweep, "t.job_id");
+  for (auto& row : store.query("SELECT t.job_id, t.step, t.loss FROM metrics t" + of_sweep + " AND t.split = 'val'"))
     by_id.at(row[0])->val_loss[std::stoll(row[1])] = number(row[2]);
   for (auto& row : store.query("SELECT t.job_id, t.step, t.task, t.metric, t.value, t.stderr, t.samples FROM evals t" +
-                               in_sweep + " ORDER BY t.step")) {
+                               of_sweep + " ORDER BY t.step")) {
     EvalScore score{.step = std::stoll(row[1]), .value = number(row[4]), .samples = std::stoll(row[6])};
     if (!row[5].empty()) score.stderr_value = number(row[5]);
     by_id.at(row[0])->evals[row[2] + "/" + row[3]] = score;  // ordered by step: the newest one stays
@@ -75,7 +69,7 @@ void read_measurements(const Store& store, const std::string& sweep, std::map<st
   // The newest evaluation step of each job, averaged over its layers.
   for (auto& row : store.query(
            "SELECT t.job_id, t.step, avg(load_std), avg(load_max_over_mean), avg(dead_experts), avg(positive_gates), "
-           "avg(fewer_than_k), avg(router_cosine) FROM routing_stats t" + in_sweep +
+           "avg(fewer_than_k), avg(router_cosine) FROM routing_stats t" + of_sweep +
            " AND t.step = (SELECT max(step) FROM routing_stats WHERE job_id = t.job_id) GROUP BY t.job_id, t.step")) {
     by_id.at(row[0])->routing = RoutingSummary{std::stoll(row[1]), number(row[2]), number(row[3]), number(row[4]),
                                                number(row[5]), number(row[6]), number(row[7])};
@@ -117,7 +111,7 @@ SweepResults load_sweep_results(const Store& store, const std::string& sweep) {
   results.jobs = read_jobs(store, sweep);
   if (results.jobs.empty()) {
     std::string known;
-    for (auto& row : store.query("SELECT DISTINCT sweep FROM jobs WHERE sweep != '' ORDER BY sweep"))
+    for (auto& row : store.query("SELECT DISTINCT sweep FROM sweep_jobs ORDER BY sweep"))
       known += (known.empty() ? "" : ", ") + row[0];
     throw std::runtime_error("no sweep named \"" + sweep + "\" in " + store.path() +
                              (known.empty() ? " (it has no sweeps)" : " (it has: " + known + ")"));

@@ -214,7 +214,7 @@ class LocalPool {
   }
 
   void report() {
-    auto counts = store_.query("SELECT status, count(*) FROM jobs WHERE sweep = '" + sweep_ + "' GROUP BY status ORDER BY status");
+    auto counts = store_.query("SELECT status, count(*) FROM jobs WHERE " + in_sweep(sweep_) + " GROUP BY status ORDER BY status");
     std::string line;
     for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
     std::printf("[sweep %s] %s | %zu running here, %zu queued%s\n", sweep_.c_str(), line.c_str(), running_.size(),

@@ -42,11 +42,6 @@ std::string quoted(const std::string& s) {
   return out + "'";
 }
 
-std::string sql_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? "''" : std::string(1, c);
-  return out + "'";
-}
 
 // Slurm's view of this user's array tasks: "123_4" -> state, from squeue, which lists pending,
 // running and recently finished tasks. Accounting (sacct) is often off on small clusters, and the
@@ -162,7 +157,7 @@ while kill -0 $child 2>/dev/null; do wait $child; status=$?; done
 }
 
 int refresh_slurm_jobs(Store& store, const std::string& sweep) {
-  auto rows = store.query("SELECT id, run_dir, executor_id FROM jobs WHERE executor = 'slurm' AND sweep = " + sql_quote(sweep));
+  auto rows = store.query("SELECT id, run_dir, executor_id FROM jobs WHERE executor = 'slurm' AND " + in_sweep(sweep));
   for (auto& row : rows) store.merge_job_store(row[1] + "/job.db");
   auto states = squeue_states();
   int active = 0;
@@ -225,7 +220,7 @@ int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const 
   std::string last;
   for (;;) {
     int active = refresh_slurm_jobs(store, spec.name);
-    auto counts = store.query("SELECT status, count(*) FROM jobs WHERE sweep = " + sql_quote(spec.name) +
+    auto counts = store.query("SELECT status, count(*) FROM jobs WHERE " + in_sweep(spec.name) +
                               " GROUP BY status ORDER BY status");
     std::string line;
     for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
@@ -234,7 +229,7 @@ int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const 
     if (active == 0) break;
     std::this_thread::sleep_for(std::chrono::seconds(3));
   }
-  auto unfinished = store.query("SELECT count(*) FROM jobs WHERE sweep = " + sql_quote(spec.name) + " AND status != 'done'");
+  auto unfinished = store.query("SELECT count(*) FROM jobs WHERE " + in_sweep(spec.name) + " AND status != 'done'");
   return unfinished[0][0] == "0" ? 0 : 1;
 }
 

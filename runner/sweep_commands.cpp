@@ -22,11 +22,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string sql_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? "''" : std::string(1, c);
-  return out + "'";
-}
 
 std::string axes_text(const json& axes) {
   std::string out;
@@ -69,7 +64,7 @@ int plan(const std::vector<std::string>& args) {
   std::map<std::string, std::string> status;
   if (!db_path.empty() && std::filesystem::exists(db_path)) {
     Store store(db_path);
-    for (auto& row : store.query("SELECT id, status FROM jobs WHERE sweep = " + sql_quote(spec.name))) status[row[0]] = row[1];
+    for (auto& row : store.query("SELECT id, status FROM jobs WHERE " + in_sweep(spec.name))) status[row[0]] = row[1];
   }
   std::vector<std::vector<std::string>> rows;
   for (auto& job : jobs)
@@ -133,14 +128,14 @@ int run(const std::vector<std::string>& args) {
 }  // namespace
 
 void print_status(Store& store, const std::string& sweep) {
-  if (!sweep.empty() && !store.query("SELECT 1 FROM jobs WHERE executor = 'slurm' AND sweep = " + sql_quote(sweep)).empty()) {
+  if (!sweep.empty() && !store.query("SELECT 1 FROM jobs WHERE executor = 'slurm' AND " + in_sweep(sweep)).empty()) {
     try {
       refresh_slurm_jobs(store, sweep);
     } catch (const std::exception& e) {
       std::printf("warning: cannot refresh Slurm jobs: %s\n", e.what());
     }
   }
-  auto where = sweep.empty() ? std::string("1") : "j.sweep = " + sql_quote(sweep);
+  auto where = sweep.empty() ? std::string("1") : in_sweep(sweep, "j.id");
   auto counts = store.query("SELECT status, count(*) FROM jobs j WHERE " + where + " GROUP BY status ORDER BY status");
   std::string summary;
   for (auto& row : counts) summary += (summary.empty() ? "" : ", ") + row[1] + " " + row[0];
@@ -177,7 +172,7 @@ int status(const std::vector<std::string>& args) {
     std::fflush(stdout);
     if (!vm.count("watch")) return 0;
     auto active = store.query("SELECT count(*) FROM jobs j WHERE status IN ('queued', 'running')" +
-                              (sweep.empty() ? std::string() : " AND sweep = " + sql_quote(sweep)));
+                              (sweep.empty() ? std::string() : " AND " + in_sweep(sweep)));
     if (active[0][0] == "0") return 0;
     std::this_thread::sleep_for(std::chrono::seconds(2));
   }
@@ -197,7 +192,7 @@ int cancel(const std::vector<std::string>& args) {
   Store store(db_path);
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  auto unfinished = store.query("SELECT id, status, executor, executor_id, host FROM jobs WHERE sweep = " + sql_quote(sweep) +
+  auto unfinished = store.query("SELECT id, status, executor, executor_id, host FROM jobs WHERE " + in_sweep(sweep) +
                                 " AND status NOT IN ('done', 'cancelled')");
   std::vector<pid_t> stopping;
   for (auto& row : unfinished)

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "db/schema.hpp"
 #include "db/store.hpp"
 
 namespace fs = std::filesystem;
@@ -128,7 +129,7 @@ TEST_F(StoreTest, FreshFileIsMigratedToTheNewestSchemaInWalMode) {
   EXPECT_EQ(one(s, "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
                    "AND name NOT LIKE 'sqlite_%' ORDER BY name)"),
             "checkpoints,evals,events,final_train_loss,job_axes,job_progress,jobs,latest_val_loss,metrics,routing_stats,"
-            "sweeps");
+            "sweep_jobs,sweeps");
 }
 
 TEST_F(StoreTest, ReopeningKeepsDataAndDoesNotMigrateAgain) {
@@ -220,6 +221,23 @@ TEST_F(StoreTest, UpsertingAJobKeepsItsConfigAndWhatItsSweepRecorded) {
             (std::vector<std::vector<std::string>>{{"renamed", "study", R"({"seed":0})", R"({"seed":0})", "200"}}));
   s.upsert_job(JobRow{"a", "renamed", "other", "{}", R"({"seed":2})", 200});
   EXPECT_EQ(one(s, "SELECT sweep || ' ' || axes_json FROM jobs"), R"(other {"seed":2})");
+  // Both studies keep the job, each with the axes it gave it: a report of either one finds it.
+  EXPECT_EQ(s.query("SELECT sweep, axes_json FROM sweep_jobs WHERE job_id = 'a' ORDER BY sweep"),
+            (std::vector<std::vector<std::string>>{{"other", R"({"seed":2})"}, {"study", R"({"seed":0})"}}));
+  EXPECT_EQ(s.query("SELECT id FROM jobs WHERE " + in_sweep("study")), (std::vector<std::vector<std::string>>{{"a"}}));
+  EXPECT_EQ(in_sweep("it's", "j.id"), "j.id IN (SELECT job_id FROM sweep_jobs WHERE sweep = 'it''s')");
+}
+
+TEST_F(StoreTest, MigratingAVersion1StoreKeepsEachJobInItsSweep) {
+  raw_exec(path(), migrations().at(0).sql + "PRAGMA user_version = 1;"
+                   "INSERT INTO jobs (id, name, sweep, config_json, axes_json, created_at) VALUES "
+                   "('a', 'a', 'study', '{}', '{\"seed\":1}', 0), ('b', 'b', '', '{}', '{}', 0);");
+  Store s(path());
+  EXPECT_EQ(s.user_version(), Store::schema_version());
+  EXPECT_EQ(s.query("SELECT sweep, job_id, axes_json FROM sweep_jobs"),
+            (std::vector<std::vector<std::string>>{{"study", "a", R"({"seed":1})"}}));
+  EXPECT_EQ(s.query("SELECT job_id, sweep, axis, value FROM job_axes"),
+            (std::vector<std::vector<std::string>>{{"a", "study", "seed", "1"}}));
 }
 
 TEST_F(StoreTest, ViewsAnswerTheObviousQuestions) {

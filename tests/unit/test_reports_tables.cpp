@@ -248,6 +248,20 @@ TEST(ReportTables, PaperFiguresAppearBesideAMatchingConfiguration) {
   EXPECT_NE(to_markdown(table).find("No configuration in this sweep matches"), std::string::npos);
 }
 
+TEST(ReportTables, AJobSharedByTwoStudiesIsInBothReports) {
+  Fixture f("shared");
+  fill_router_sweep(f);  // sweep "golden"
+  // The seeds study plans softmax seed 0 again: the same config, so the same job, run once.
+  const auto shared = f.add_job("seeds-study", {"model.router=softmax", "seed=0"}, "done");
+  f.val(f.add_job("seeds-study", {"model.router=softmax", "seed=5"}, "done"), 200, 4.6);
+  auto golden = read_csv(to_csv(study_table(f.store, "golden", Study::Routers)));
+  EXPECT_NEAR(num(row_where(golden, {{"router", "softmax"}}), "200"), (4.0 + 4.2 + 4.5) / 3, 1e-12);
+  auto seeds = read_csv(to_csv(study_table(f.store, "seeds-study", Study::Routers)));
+  ASSERT_EQ(seeds.size(), 1u);
+  EXPECT_EQ(num(seeds[0], "seeds"), 2);
+  EXPECT_NEAR(num(seeds[0], "200"), (4.0 + 4.6) / 2, 1e-12) << shared;
+}
+
 TEST(ReportCommand, WritesEveryFormatAndListsMissingJobs) {
   Fixture f("cli");
   fill_router_sweep(f);
