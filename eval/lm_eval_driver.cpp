@@ -138,7 +138,7 @@ std::vector<TaskResult> evaluate(const EvalOptions& o, Scorer& scorer, const fs:
   std::vector<std::string> args = {
       "-m", "lm_eval", "--model", "local-completions", "--model_args",
       "base_url=http://127.0.0.1:" + std::to_string(port) + "/v1/completions,tokenizer_backend=remote,tokenized_requests=True,"
-          "max_length=" + std::to_string(scorer.context()) + ",num_concurrent=2,max_retries=3",
+          "max_length=" + std::to_string(lm_eval_max_length(scorer.context())) + ",num_concurrent=2,max_retries=3",
       "--tasks", task_list, "--include_path", (assets / "tasks").string(), "--batch_size", "8",
       "--output_path", output.string(), "--log_samples"};
   if (o.limit > 0) args.insert(args.end(), {"--limit", std::to_string(o.limit)});

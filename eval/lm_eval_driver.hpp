@@ -13,6 +13,11 @@ namespace moelab {
 // The six zero-shot tasks of the KERN paper's Table 1.
 const std::vector<std::string>& paper_tasks();
 
+// The max_length lm-eval is given: it left-truncates requests longer than this, and the server scores
+// anything shorter with a sliding window over the model's context (Scorer::score). At least 2048
+// tokens, so a tiny model's short context never cuts an answer (HellaSwag endings run past 64 tokens).
+inline int lm_eval_max_length(int model_context) { return model_context > 2048 ? model_context : 2048; }
+
 struct EvalOptions {
   std::string checkpoint;        // a .pt file, or empty with job_id set
   std::string job_id;            // evaluate this job's newest checkpoint (from the store)

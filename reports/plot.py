@@ -3,14 +3,18 @@
 usage: plot.py PLOTS_JSON OUTDIR   -> OUTDIR/<figure name>.<format> per figure and format, one path per line
 
 plots.json: {"formats": ["png", "svg"], "figures": [figure, ...]}, a figure being
-  {"name", "title", "xlabel", "ylabel", "xscale": "linear" | "log2",
+  {"name", "title", "xlabel", "ylabel", "xscale": "linear" | "log2" (optional, default linear),
    "xticks": [...], "xticklabels": [...]  (optional: a categorical axis),
    "series": [{"label", "x": [...], "y": [...], "low": [...], "high": [...]  (optional band),
                "style": "ours" | "paper"}]}
-y, low and high may hold null for a missing point. Bad input: a message naming the figure, exit 2.
+y, low and high may hold null for a missing point; a series with no points is skipped (a warning),
+a figure with none says "no data". A router keeps its colour in every figure.
+Bad input: a message naming the figure and the problem on stderr, exit 2, and no file written.
 """
 import json
 import sys
+import zlib
+from numbers import Real
 from pathlib import Path
 
 import matplotlib
@@ -22,61 +26,103 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROUTER_COLOURS = {"dense": "#7f7f7f", "softmax": "#1f77b4", "sigmoid": "#2ca02c", "tanh": "#ff7f0e",
                   "kern": "#d62728", "kern_no_relu": "#9467bd", "kern_after_topk": "#8c564b",
                   "kern_mc": "#bcbd22", "kmeans": "#e377c2"}
-OTHER_COLOURS = ["#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
+OTHER_COLOURS = ["#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+FIGURE_KEYS = ("name", "title", "xlabel", "ylabel", "series")
 
 
 class BadInput(Exception):
     pass
 
 
-def colour_of(label, others):
+def colour_of(label):
+    # Labels are "<router> [setting=value ...]": colour by router. Other routers get a colour from
+    # a checksum of the name (not hash(), which is salted per run), so it agrees across figures.
     router = label.split(" ")[0]
-    if router not in ROUTER_COLOURS:
-        others.setdefault(router, OTHER_COLOURS[len(others) % len(OTHER_COLOURS)])
-        return others[router]
-    return ROUTER_COLOURS[router]
+    return ROUTER_COLOURS.get(router) or OTHER_COLOURS[zlib.crc32(router.encode()) % len(OTHER_COLOURS)]
 
 
-def points(series, figure_name):
-    """(x, y, low, high) with missing points left out."""
-    x, y = series.get("x"), series.get("y")
+def is_number(v, nullable):
+    return (v is None and nullable) or (isinstance(v, Real) and not isinstance(v, bool))
+
+
+def check_series(s, where):
+    if not isinstance(s, dict) or not isinstance(s.get("label"), str):
+        raise BadInput(f"{where}: a series must be an object with a string \"label\"")
+    where += f", series {s['label']}"
+    if s.get("style", "ours") not in ("ours", "paper"):
+        raise BadInput(f"{where}: style must be \"ours\" or \"paper\", not {s['style']!r}")
+    x, y = s.get("x"), s.get("y")
     if not isinstance(x, list) or not isinstance(y, list) or len(x) != len(y):
-        raise BadInput(f"figure {figure_name}, series {series.get('label')}: x and y must be lists of equal length")
-    low, high = series.get("low") or [None] * len(x), series.get("high") or [None] * len(x)
-    if len(low) != len(x) or len(high) != len(x):
-        raise BadInput(f"figure {figure_name}, series {series.get('label')}: low/high differ in length from x")
-    kept = [(a, b, c, d) for a, b, c, d in zip(x, y, low, high) if b is not None]
+        raise BadInput(f"{where}: x and y must be lists of equal length")
+    for key in ("x", "y", "low", "high"):
+        values = s.get(key) or []
+        if not isinstance(values, list) or len(values) not in (0, len(x)):
+            raise BadInput(f"{where}: {key} must be a list as long as x")
+        if not all(is_number(v, nullable=key != "x") for v in values):
+            raise BadInput(f"{where}: {key} must hold numbers" + ("" if key == "x" else " or null"))
+
+
+def check(spec, source):
+    """Checks the whole file before drawing, so bad input leaves no half-written report."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("figures"), list):
+        raise BadInput(f"{source}: expected an object with a \"figures\" list")
+    formats = spec.get("formats", ["png", "svg"])
+    if not isinstance(formats, list) or not set(formats) <= {"png", "svg"}:
+        raise BadInput(f"{source}: formats must be a list of png and/or svg, not {formats}")
+    for i, figure in enumerate(spec["figures"]):
+        if not isinstance(figure, dict):
+            raise BadInput(f"figure #{i}: must be an object")
+        where = f"figure {figure.get('name', f'#{i}')}"
+        for key in FIGURE_KEYS:
+            if key not in figure:
+                raise BadInput(f"{where}: missing key \"{key}\"")
+        if not isinstance(figure["name"], str) or not figure["name"] or "/" in figure["name"]:
+            raise BadInput(f"{where}: name must be a file stem (a non-empty string without /)")
+        if figure.get("xscale", "linear") not in ("linear", "log2"):
+            raise BadInput(f"{where}: xscale must be \"linear\" or \"log2\", not {figure['xscale']!r}")
+        ticks = figure.get("xticks", [])
+        if not isinstance(ticks, list) or len(figure.get("xticklabels", ticks)) != len(ticks):
+            raise BadInput(f"{where}: xticks and xticklabels must be lists of equal length")
+        if not isinstance(figure["series"], list):
+            raise BadInput(f"{where}: series must be a list")
+        for s in figure["series"]:
+            check_series(s, where)
+    return formats
+
+
+def points(s):
+    """(x, y, low, high) with the missing points (y null) left out."""
+    n = len(s["x"])
+    rows = zip(s["x"], s["y"], s.get("low") or [None] * n, s.get("high") or [None] * n)
+    kept = [row for row in rows if row[1] is not None]
     return [list(column) for column in zip(*kept)] if kept else [[], [], [], []]
 
 
-def draw_series(ax, series, figure_name, others):
-    x, y, low, high = points(series, figure_name)
+def draw_series(ax, s, figure_name):
+    x, y, low, high = points(s)
     if not x:
-        print(f"plot.py: figure {figure_name}: series {series.get('label')} has no points; skipped", file=sys.stderr)
+        print(f"plot.py: figure {figure_name}: series {s['label']} has no points; skipped", file=sys.stderr)
         return False
-    colour = colour_of(series["label"], others)
-    if series.get("style") == "paper":
-        ax.plot(x, y, linestyle="--", marker="o", markerfacecolor="none", color=colour, label=series["label"] + " (paper)")
+    colour = colour_of(s["label"])
+    if s.get("style") == "paper":  # the paper's figures: same colour as ours, dashed and hollow
+        ax.plot(x, y, linestyle="--", marker="o", markerfacecolor="none", color=colour, label=s["label"] + " (paper)")
     else:
-        ax.plot(x, y, marker="o", markersize=3, color=colour, label=series["label"])
-        band = [(a, b, c) for a, b, c in zip(x, low, high) if b is not None and c is not None]
-        if band:
-            bx, bl, bh = zip(*band)
-            ax.fill_between(bx, bl, bh, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(x, y, marker="o", markersize=3, color=colour, label=s["label"])
+    band = [(a, b, c) for a, b, c in zip(x, low, high) if b is not None and c is not None]
+    if band:
+        bx, bl, bh = zip(*band)
+        ax.fill_between(bx, bl, bh, color=colour, alpha=0.15, linewidth=0)
     return True
 
 
 def draw_figure(figure, out_dir, formats):
-    for key in ("name", "title", "xlabel", "ylabel", "series"):
-        if key not in figure:
-            raise BadInput(f"figure {figure.get('name', '?')}: missing key \"{key}\"")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    others = {}
-    drawn = [draw_series(ax, s, figure["name"], others) for s in figure["series"]]
-    if figure.get("xscale") == "log2":
+    drawn = [draw_series(ax, s, figure["name"]) for s in figure["series"]]
+    if figure.get("xscale") == "log2":  # ticks at the x values, written plainly (64, not 2^6)
         ax.set_xscale("log", base=2)
-        ticks = sorted({x for s in figure["series"] for x in s.get("x", [])})
+        ticks = sorted({x for s in figure["series"] for x in s["x"] if x > 0})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     if "xticks" in figure:
         ax.set_xticks(figure["xticks"], figure.get("xticklabels", figure["xticks"]))
     if any(drawn):
@@ -100,14 +146,12 @@ def main(argv):
         raise BadInput("usage: plot.py PLOTS_JSON OUTDIR")
     try:
         spec = json.loads(Path(argv[1]).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadInput(f"{argv[1]}: {e}")
-    formats = spec.get("formats", ["png", "svg"])
-    if not set(formats) <= {"png", "svg"}:
-        raise BadInput(f"{argv[1]}: formats must be png and/or svg, not {formats}")
-    matplotlib.rcParams["svg.hashsalt"] = "moelab"
+    formats = check(spec, argv[1])
+    matplotlib.rcParams["svg.hashsalt"] = "moelab"  # fixed ids inside the SVG, for byte-identical files
     Path(argv[2]).mkdir(parents=True, exist_ok=True)
-    for figure in spec.get("figures", []):
+    for figure in spec["figures"]:
         draw_figure(figure, argv[2], formats)
 
 

@@ -146,8 +146,16 @@ class LocalPool {
 
   void record_eval(const RunningJob& r, int status) {
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (!ok) ++failed_;
     auto eval_status = store_.query("SELECT eval_status FROM jobs WHERE id = '" + r.job->id + "'");
+    // A process that died before recording its outcome (killed, a store it cannot open) would
+    // otherwise leave the stage "running" for ever.
+    if (!ok && !eval_status.empty() && !eval_status[0][0].starts_with("failed")) {
+      const std::string why = WIFEXITED(status) ? "exit code " + std::to_string(WEXITSTATUS(status))
+                                                : "signal " + std::to_string(WTERMSIG(status));
+      store_.set_eval_status(r.job->id, "failed: " + why + " (see " + job_run_dir(options_.workdir, r.job->id) + "/eval.log)");
+      eval_status = store_.query("SELECT eval_status FROM jobs WHERE id = '" + r.job->id + "'");
+    }
+    if (!ok) ++failed_;
     std::printf("[sweep %s] evaluation of %s %s: %s\n", sweep_.c_str(), r.job->id.c_str(), r.job->config.name.c_str(),
                 eval_status.empty() ? "?" : eval_status[0][0].c_str());
     std::fflush(stdout);

@@ -177,10 +177,6 @@ void CompletionServer::routes() {
     for (size_t i = 0; i < prompts.size(); ++i) {
       const auto& ids = prompts[i];
       if (ids.empty()) throw BadRequest("prompt " + std::to_string(i) + " is empty");
-      if (int(ids.size()) > scorer_.context())
-        throw BadRequest("prompt " + std::to_string(i) + " has " + std::to_string(ids.size()) +
-                         " tokens, more than the model's context of " + std::to_string(scorer_.context()) +
-                         " (pass max_length to lm-eval to truncate)");
       std::vector<uint32_t> generated;
       TokenScores scores;
       {
@@ -192,7 +188,7 @@ void CompletionServer::routes() {
           generated = scorer_.generate(ids, max_tokens, stop);
           std::vector<uint32_t> all = ids;
           all.insert(all.end(), generated.begin(), generated.end());
-          if (want_logprobs && int(all.size()) <= scorer_.context()) scores = scorer_.score(all);
+          if (want_logprobs) scores = scorer_.score(all);
         }
       }
       std::string text = tokenizer.decode(generated);

@@ -21,22 +21,39 @@ torch::Tensor Scorer::log_probs(const std::vector<uint32_t>& tokens) {
   return torch::log_softmax(model_->forward(ids).logits[0].to(torch::kFloat64), -1);
 }
 
-TokenScores Scorer::score(const std::vector<uint32_t>& tokens) {
-  TORCH_CHECK(!tokens.empty() && int(tokens.size()) <= context(), "score: 1 to ", context(), " tokens");
-  auto lp = log_probs(tokens);  // row i predicts token i + 1
+void Scorer::score_window(const std::vector<uint32_t>& tokens, size_t first, size_t end, TokenScores& s) {
+  const size_t start = end - std::min<size_t>(end, context());
+  auto lp = log_probs({tokens.begin() + start, tokens.begin() + end});  // row r predicts token start + r + 1
   auto [top, top_index] = lp.max(-1);
-  const size_t n = tokens.size();
+  auto lp_rows = lp.accessor<double, 2>();
+  auto top_rows = top.accessor<double, 1>();
+  auto index_rows = top_index.accessor<int64_t, 1>();
+  for (size_t i = first; i < end; ++i) {
+    const size_t row = i - start - 1;
+    s.logprob[i] = lp_rows[row][tokens[i]];
+    s.top_token[i] = uint32_t(index_rows[row]);
+    s.top_logprob[i] = top_rows[row];
+  }
+  if (end == tokens.size()) {
+    s.next_token = uint32_t(index_rows[end - start - 1]);
+    s.next_logprob = top_rows[end - start - 1];
+  }
+}
+
+TokenScores Scorer::score(const std::vector<uint32_t>& tokens) {
+  TORCH_CHECK(!tokens.empty(), "score: no tokens");
+  TORCH_CHECK(context() >= 2, "score: a context of ", context(), " token cannot condition on anything");
+  const size_t n = tokens.size(), window = context(), stride = window / 2;
   TokenScores s;
   s.logprob.assign(n, std::nan(""));
   s.top_token.assign(n, 0);
   s.top_logprob.assign(n, std::nan(""));
-  for (size_t i = 1; i < n; ++i) {
-    s.logprob[i] = lp[i - 1][tokens[i]].item<double>();
-    s.top_token[i] = top_index[i - 1].item<int64_t>();
-    s.top_logprob[i] = top[i - 1].item<double>();
+  size_t end = std::min(n, window);
+  score_window(tokens, 1, end, s);
+  for (size_t next; end < n; end = next) {
+    next = std::min(n, end + stride);  // the window [next - context, next) keeps >= context/2 tokens of history
+    score_window(tokens, end, next, s);
   }
-  s.next_token = top_index[n - 1].item<int64_t>();
-  s.next_logprob = top[n - 1].item<double>();
   return s;
 }
 

@@ -1,6 +1,9 @@
 // A trained checkpoint as a scoring model: log-probabilities of token sequences and greedy
 // continuations, what lm-evaluation-harness asks of a model. Evaluation runs in fp32 on the CPU
-// or the checkpoint's device, one request at a time (callers serialise).
+// or the checkpoint's device, one request at a time (callers serialise). Sequences longer than the
+// model's context are scored with a sliding window: every token is conditioned on at least half a
+// context of the tokens before it (a whole one for the first window), never on nothing, so an answer
+// longer than a tiny model's context still gets a score instead of an error.
 #pragma once
 
 #include <torch/torch.h>
@@ -26,7 +29,7 @@ struct TokenScores {
 class Scorer {
  public:
   explicit Scorer(const std::string& checkpoint_path);
-  TokenScores score(const std::vector<uint32_t>& tokens);  // 1 <= tokens.size() <= context()
+  TokenScores score(const std::vector<uint32_t>& tokens);  // any length >= 1
   // Greedy continuation of up to max_tokens tokens; the window slides when the context fills up.
   std::vector<uint32_t> generate(std::vector<uint32_t> tokens, int max_tokens, const std::vector<std::string>& stop);
   const Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -36,6 +39,8 @@ class Scorer {
 
  private:
   torch::Tensor log_probs(const std::vector<uint32_t>& tokens);  // [T, V]
+  // Fills positions [first, end) of s from one forward pass over tokens[end - context, end).
+  void score_window(const std::vector<uint32_t>& tokens, size_t first, size_t end, TokenScores& s);
   JobConfig config_;
   int step_ = 0;
   Gpt model_{nullptr};

@@ -10,6 +10,7 @@
 
 #include "db/store.hpp"
 #include "engine/serve/scorer.hpp"
+#include "eval/lm_eval_driver.hpp"
 #include "run_moelab.hpp"
 
 namespace fs = std::filesystem;
@@ -65,7 +66,8 @@ TEST_F(LmEval, AllSixTasksAreScoredAndRecorded) {
 
 // lm-eval's rule: acc = argmax over choices of log p(continuation | context); acc_norm divides by the
 // continuation's length in characters. The log-likelihoods come from the engine directly, with
-// lm-eval's way of splitting context and continuation into tokens and truncating on the left.
+// lm-eval's way of splitting context and continuation into tokens and truncating on the left (to the
+// max_length we give it; the scorer slides its window over anything longer than the model's context).
 TEST_F(LmEval, AccuracyEqualsTheEnginesOwnScoring) {
   ASSERT_EQ(eval_.code, 0) << eval_.output;
   Scorer scorer((root_ / "run/step_00000030.pt").string());
@@ -78,7 +80,7 @@ TEST_F(LmEval, AccuracyEqualsTheEnginesOwnScoring) {
     auto context_ids = tokenizer.encode(context);
     std::vector<uint32_t> tokens(whole.begin(), whole.end());
     size_t first = context_ids.size();
-    const size_t max_length = scorer.context() - 1;  // lm-eval keeps one position for the generated token
+    const size_t max_length = lm_eval_max_length(scorer.context()) - 1;  // one position for the generated token
     if (tokens.size() > max_length) first -= tokens.size() - max_length, tokens.erase(tokens.begin(), tokens.end() - max_length);
     auto scores = scorer.score(tokens);
     double sum = 0;
