@@ -16,6 +16,7 @@
 #include "engine/train/batches.hpp"
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/data_parallel.hpp"
+#include "engine/train/optimizer.hpp"
 #include "engine/train/schedule.hpp"
 
 namespace moelab {
@@ -84,7 +85,7 @@ void check_data(const JobConfig& c, const TokenFile& file, const std::string& fi
 }
 
 // AdamW with weight decay on matrices only; biases, LayerNorm gains and KERN's gamma are not decayed.
-std::unique_ptr<torch::optim::AdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
+std::unique_ptr<FusedAdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
   std::vector<torch::Tensor> decay, no_decay;
   for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   auto options = [&](double wd) {
@@ -94,7 +95,7 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(Gpt& model, const TrainConfi
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(t.weight_decay));
   groups.emplace_back(no_decay, options(0.0));
-  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
+  return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(t.lr));
 }
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
@@ -155,7 +156,8 @@ class Trainer {
 
  private:
   struct StepResult {
-    double loss = 0, grad_norm = 0;
+    double loss = 0;
+    torch::Tensor grad_norm;  // read on the host only when logged
     bool stop = false;  // some rank was asked to stop: all ranks checkpoint and stop together
   };
 
@@ -179,7 +181,7 @@ class Trainer {
         return kExitDiverged;
       }
       const bool last = step == t.steps;
-      if (step % t.log_every == 0 || last) log_train(step, result.loss, result.grad_norm);
+      if (step % t.log_every == 0 || last) log_train(step, result.loss, result.grad_norm.item<double>());
       if (step % t.eval_every == 0 || last) evaluate(step);
       const bool stopping = result.stop || step == options_.stop_after;
       if (step % t.checkpoint_every == 0 || last || stopping) checkpoint(step);
@@ -236,10 +238,9 @@ class Trainer {
   }
 
   // Total gradient norm before clipping (what the metrics record); clipping only when grad_clip > 0.
-  double clip_gradients() {
-    auto parameters = model_->parameters();
+  torch::Tensor clip_gradients() {
     const double max_norm = config_.train.grad_clip > 0 ? config_.train.grad_clip : std::numeric_limits<double>::infinity();
-    return torch::nn::utils::clip_grad_norm_(parameters, max_norm);
+    return clip_gradient_norm(model_->parameters(), max_norm);
   }
 
   double wall_time() const { return resumed_.wall_time + seconds_since(started_); }
@@ -338,7 +339,7 @@ class Trainer {
   torch::Device device_;
   int micro_batches_;  // this rank's micro-batches per step
   Gpt model_{nullptr};
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<FusedAdamW> optimizer_;
   std::unique_ptr<DataParallel> parallel_;  // null in a single-process job
   std::optional<Store> store_;              // rank 0 only
   Progress resumed_;
