@@ -155,10 +155,18 @@ class Trainer {
   }
 
  private:
+  // What a step leaves on the device; the host reads it only at logging steps, so a step on the
+  // GPU never waits for the device.
   struct StepResult {
-    double loss = 0;
-    torch::Tensor grad_norm;  // read on the host only when logged
-    bool stop = false;  // some rank was asked to stop: all ranks checkpoint and stop together
+    torch::Tensor loss;       // this rank's share of the step's mean loss
+    torch::Tensor grad_norm;  // before clipping, the same on every rank
+  };
+
+  // A logging step's view of the step: the loss over all ranks, and whether any rank was asked to
+  // stop (all ranks then checkpoint and stop at this same step).
+  struct StepReport {
+    double loss = 0, grad_norm = 0;
+    bool stop = false;
   };
 
   // Every rank must start from the same weights; they are built from the same seed and checkpoint,
@@ -176,14 +184,20 @@ class Trainer {
     interval_start_ = started_;
     for (int step = resumed_.step + 1; step <= t.steps; ++step) {
       auto result = train_step(step);
-      if (!std::isfinite(result.loss)) {
-        error_ = "non-finite loss " + std::to_string(result.loss) + " at step " + std::to_string(step);
-        return kExitDiverged;
-      }
       const bool last = step == t.steps;
-      if (step % t.log_every == 0 || last) log_train(step, result.loss, result.grad_norm.item<double>());
+      bool stopping = step == options_.stop_after;
+      if (step % t.log_every == 0 || last) {
+        auto report = read_report(result);
+        if (!std::isfinite(report.loss)) {
+          error_ = "non-finite loss " + std::to_string(report.loss) + " at step " + std::to_string(step);
+          return kExitDiverged;
+        }
+        log_train(step, report.loss, report.grad_norm);
+        stopping = stopping || report.stop;
+      } else if (!parallel_) {
+        stopping = stopping || stop_requested;  // a single process answers a signal at once
+      }
       if (step % t.eval_every == 0 || last) evaluate(step);
-      const bool stopping = result.stop || step == options_.stop_after;
       if (step % t.checkpoint_every == 0 || last || stopping) checkpoint(step);
       if (stopping && !last) return kExitInterrupted;
     }
@@ -211,22 +225,19 @@ class Trainer {
       loss_sum += loss.detach();
     }
     if (parallel_) parallel_->finish_gradient_sync();
-    StepResult result;
-    result.grad_norm = clip_gradients();
+    auto grad_norm = clip_gradients();
     optimizer_->step();
-    if (!parallel_) {
-      result.loss = loss_sum.item<double>();
-      result.stop = stop_requested;
-      return result;
-    }
-    average_balancing_state();
-    // One collective carries the mean loss and whether any rank was asked to stop.
-    auto shared = torch::stack({loss_sum.to(torch::kDouble), torch::full({}, stop_requested ? 1.0 : 0.0, loss_sum.options().dtype(torch::kDouble))});
-    parallel_->sum(shared);
-    auto host = shared.cpu();
-    result.loss = host[0].item<double>() / launch_.world_size;
-    result.stop = host[1].item<double>() > 0;
-    return result;
+    if (parallel_) average_balancing_state();
+    return {loss_sum, grad_norm};
+  }
+
+  // One collective carries the ranks' losses and stop requests; one copy brings them to the host.
+  StepReport read_report(const StepResult& result) {
+    const auto options = result.loss.options().dtype(torch::kDouble);
+    auto shared = torch::stack({result.loss.to(torch::kDouble), torch::full({}, stop_requested ? 1.0 : 0.0, options)});
+    if (parallel_) parallel_->sum(shared);
+    auto host = torch::cat({shared, result.grad_norm.to(options).view({1})}).cpu();
+    return {host[0].item<double>() / launch_.world_size, host[2].item<double>(), host[1].item<double>() > 0};
   }
 
   // Selection biases and centroids move with each rank's own tokens; averaging keeps replicas equal.
