@@ -127,13 +127,12 @@ class Trainer {
         micro_batches_(micro_batches_per_rank(c.train, launch)) {
     check_data(c, train_file_, "data.train");
     check_data(c, val_file_, "data.val");
-    if (device_.is_cuda() && c.train.precision == "fp16")
-      throw ConfigError("train.precision: fp16 on CUDA needs loss scaling, which the engine does not have yet; use bf16");
     if (c.train.threads > 0) torch::set_num_threads(c.train.threads);
     torch::manual_seed(c.seed);
     model_ = Gpt(c.model, c.seed);
     model_->to(device_);
     optimizer_ = make_optimizer(model_, c.train);
+    if (device_.is_cuda() && c.train.precision == "fp16") optimizer_->enable_loss_scaling(device_);
     if (o.resume)
       if (auto checkpoint = find_checkpoint(o.run_dir, c)) resumed_ = load_checkpoint(*checkpoint, *model_, optimizer_.get());
     if (launch.distributed()) join_data_parallel();
@@ -221,10 +220,11 @@ class Trainer {
         loss = model_->loss(batch.inputs.to(device_), batch.targets.to(device_)) / micro_batches_;
       }
       if (parallel_ && micro == micro_batches_ - 1) parallel_->sync_next_backward();
-      loss.backward();
+      optimizer_->scale_loss(loss).backward();
       loss_sum += loss.detach();
     }
     if (parallel_) parallel_->finish_gradient_sync();
+    optimizer_->unscale_gradients();
     auto grad_norm = clip_gradients();
     optimizer_->step();
     if (parallel_) average_balancing_state();

@@ -1,6 +1,7 @@
 // The fused optimizer step against LibTorch's reference implementations: FusedAdamW must follow
 // torch::optim::AdamW's update (decoupled weight decay, bias correction, per-group options), keep
-// its state across save/load, and the foreach gradient norm must clip as clip_grad_norm_ does.
+// its state across save/load, skip overflowing fp16 steps under loss scaling, and the foreach
+// gradient norm must clip as clip_grad_norm_ does.
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -80,6 +81,64 @@ TEST(FusedAdamW, StateRoundTripsThroughSaveAndLoad) {
   c->load(archive);
   for (int step = 11; step <= 20; ++step) straight.set_gradients(step), a->step(), resumed.set_gradients(step), c->step();
   for (size_t i = 0; i < straight.all().size(); ++i) EXPECT_TRUE(torch::equal(resumed.all()[i], straight.all()[i])) << i;
+}
+
+// Gradients of a scaled loss, unscaled, step exactly as unscaled ones (the scale is a power of 2).
+TEST(FusedAdamWLossScaling, ScaledGradientsStepAsUnscaledOnes) {
+  Problem plain(0), scaled(0);
+  auto a = make<FusedAdamW>(plain);
+  auto b = make<FusedAdamW>(scaled);
+  b->enable_loss_scaling(torch::kCPU, 1024.0);
+  EXPECT_EQ(b->scale_loss(torch::ones({})).item<double>(), 1024.0);
+  for (int step = 1; step <= 5; ++step) {
+    plain.set_gradients(step), scaled.set_gradients(step);
+    for (auto& p : scaled.all()) p.mutable_grad().mul_(1024.0);  // what backward of the scaled loss gives
+    a->step();
+    b->unscale_gradients();
+    b->step();
+  }
+  for (size_t i = 0; i < plain.all().size(); ++i) EXPECT_TRUE(torch::equal(scaled.all()[i], plain.all()[i])) << i;
+}
+
+// An overflowing step changes nothing but the scale (halved), and does not count as a step: the
+// next clean step equals the first step of an optimizer that never saw the overflow. The scale and
+// the step counts survive a checkpoint.
+TEST(FusedAdamWLossScaling, OverflowSkipsTheStepAndHalvesTheScale) {
+  Problem reference(0), overflowed(0);
+  auto a = make<FusedAdamW>(reference);
+  auto b = make<FusedAdamW>(overflowed);
+  b->enable_loss_scaling(torch::kCPU, 1024.0);
+  auto before = overflowed.all();
+  std::vector<torch::Tensor> copies;
+  for (auto& p : before) copies.push_back(p.detach().clone());
+  overflowed.set_gradients(1);
+  overflowed.all()[1].mutable_grad()[0][0][0] = std::numeric_limits<float>::infinity();
+  b->unscale_gradients();
+  b->step();
+  for (size_t i = 0; i < copies.size(); ++i) EXPECT_TRUE(torch::equal(overflowed.all()[i], copies[i])) << i;
+  EXPECT_EQ(b->loss_scale(), 512.0);
+
+  std::ostringstream bytes;
+  {
+    torch::serialize::OutputArchive archive;
+    b->save(archive);
+    archive.save_to(bytes);
+  }
+  auto c = make<FusedAdamW>(overflowed);
+  c->enable_loss_scaling(torch::kCPU, 1.0);
+  std::istringstream in(bytes.str());
+  torch::serialize::InputArchive archive;
+  archive.load_from(in);
+  c->load(archive);
+  EXPECT_EQ(c->loss_scale(), 512.0);
+
+  reference.set_gradients(2), overflowed.set_gradients(2);
+  for (auto& p : overflowed.all()) p.mutable_grad().mul_(512.0);
+  a->step();
+  c->unscale_gradients();
+  c->step();
+  for (size_t i = 0; i < reference.all().size(); ++i)
+    EXPECT_TRUE(torch::equal(overflowed.all()[i], reference.all()[i])) << "parameter " << i;
 }
 
 TEST(ClipGradientNorm, EqualsClipGradNormAndOnlyScalesDown) {
