@@ -154,8 +154,8 @@ class Trainer {
   }
 
  private:
-  // What a step leaves on the device; the host reads it only at logging steps, so a step on the
-  // GPU never waits for the device.
+  // What a step leaves on the device; the host reads it only at logging steps, so that on a GPU
+  // the host queues the next step without waiting for this one.
   struct StepResult {
     torch::Tensor loss;       // this rank's share of the step's mean loss
     torch::Tensor grad_norm;  // before clipping, the same on every rank
@@ -168,9 +168,8 @@ class Trainer {
     bool stop = false;
   };
 
-  // Every rank must start from the same weights; they are built from the same seed and checkpoint,
-  // and rank 0's copy is sent to all so that no difference (a stale checkpoint read on a shared
-  // filesystem) can make the replicas drift apart silently.
+  // Every rank builds the same weights from the seed and the checkpoint; rank 0's copy is sent to
+  // all as well (as DDP does), so that replicas start equal even if a rank's initialisation differed.
   void join_data_parallel() {
     parallel_ = std::make_unique<DataParallel>(launch_, rendezvous_from_environment(), device_, model_->parameters());
     parallel_->broadcast_from_rank0(model_->parameters());
