@@ -5,6 +5,7 @@
 
 #include "engine/config/job_config.hpp"
 #include "engine/model/gpt.hpp"
+#include "engine/train/optimizer.hpp"
 
 using namespace moelab;
 
@@ -52,7 +53,7 @@ void DemoTrainStep(benchmark::State& state, const std::string& router) {
   config.model.router = router;
   torch::manual_seed(0);
   Gpt model(config.model, 0);
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.train.lr));
+  FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.train.lr));
   auto tokens = torch::randint(config.model.vocab_size, {config.train.micro_batch, config.model.seq_len + 1});
   auto inputs = tokens.narrow(1, 0, config.model.seq_len), targets = tokens.narrow(1, 1, config.model.seq_len);
   for (auto _ : state) {
@@ -63,8 +64,38 @@ void DemoTrainStep(benchmark::State& state, const std::string& router) {
   state.SetItemsProcessed(state.iterations() * inputs.numel());
 }
 
+// The optimizer's part of a step, before and after the fused kernels: torch::optim::AdamW with
+// clip_grad_norm_ (per-parameter ops, a host sync for the norm) against FusedAdamW with the foreach
+// norm. The demo model, and a wider CPU-sized MoE with 64 experts per layer.
+template <class Optimizer>
+void OptimizerStep(benchmark::State& state, bool fused, int d_model) {
+  auto config = load_job_config(std::string(MOELAB_SOURCE_DIR) + "/sweeps/jobs/demo-tiny.json");
+  if (d_model != config.model.d_model) config.model.d_model = d_model, config.model.experts = 64, config.model.layers = 4;
+  torch::manual_seed(0);
+  Gpt model(config.model, 0);
+  auto parameters = model->parameters();
+  for (auto& p : parameters) p.mutable_grad() = torch::randn_like(p);
+  Optimizer optimizer(parameters, torch::optim::AdamWOptions(config.train.lr).weight_decay(0.1));
+  int64_t count = 0;
+  for (auto& p : parameters) count += p.numel();
+  for (auto _ : state) {
+    if (fused)
+      benchmark::DoNotOptimize(clip_gradient_norm(parameters, 1.0).data_ptr());
+    else
+      benchmark::DoNotOptimize(torch::nn::utils::clip_grad_norm_(parameters, 1.0));
+    optimizer.step();
+  }
+  state.SetItemsProcessed(state.iterations() * count);  // parameters updated
+}
+void TorchAdamWStep(benchmark::State& state, int d_model) { OptimizerStep<torch::optim::AdamW>(state, false, d_model); }
+void FusedAdamWStep(benchmark::State& state, int d_model) { OptimizerStep<FusedAdamW>(state, true, d_model); }
+
 }  // namespace
 
+BENCHMARK_CAPTURE(TorchAdamWStep, demo, 64)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(FusedAdamWStep, demo, 64)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(TorchAdamWStep, d256_e64, 256)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(FusedAdamWStep, d256_e64, 256)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(RouterForwardBackward, softmax, std::string("softmax"))->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(RouterForwardBackward, kern, std::string("kern"))->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(RouterForwardBackward, kern_after_topk, std::string("kern_after_topk"))->Unit(benchmark::kMillisecond);

@@ -126,15 +126,23 @@ std::string sbatch_script(const SlurmOptions& o, const SweepSpec& spec, const st
   if (o.cpus > 0) s << "#SBATCH --cpus-per-task=" << o.cpus << "\n";
   if (o.gpus > 0) s << "#SBATCH --ntasks=" << o.gpus << "\n#SBATCH --gpus-per-task=1\n";
   for (auto& directive : o.extra) s << "#SBATCH " << directive << "\n";
-  // One process per GPU (rank and world size from SLURM_PROCID / SLURM_NTASKS) through srun;
-  // a CPU job or a single GPU runs the trainer directly.
-  const std::string launcher = o.gpus > 1 ? "srun --kill-on-bad-exit=1 " : "";
+  // Data parallel: one process per GPU through srun (rank and world size from SLURM_PROCID /
+  // SLURM_NTASKS, engine/train/data_parallel.hpp); a CPU job or a single GPU runs the trainer directly.
+  const bool data_parallel = o.gpus > 1;
+  const std::string launcher = data_parallel ? "srun --kill-on-bad-exit=1 " : "";
   s << R"SH(
 set -u
 job_id=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" )SH" << quoted(job_list) << R"SH()
 run_dir=)SH" << quoted(run.workdir) << R"SH(/$job_id
 echo "moelab: array task $SLURM_ARRAY_TASK_ID is job $job_id (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname)"
-# The job writes its own store in its run directory; the runner merges it into the main one.
+)SH";
+  if (data_parallel)
+    // Rank 0 runs on the allocation's first node and serves the rendezvous there; the port comes
+    // from the job id so that array tasks sharing a node do not collide.
+    s << R"SH(export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+)SH";
+  s << R"SH(# The job writes its own store in its run directory; the runner merges it into the main one.
 )SH" << launcher << quoted(run.moelab_binary)
     << R"SH( train --config "$run_dir/config.json" --db "$run_dir/job.db" --run-dir "$run_dir" --resume &
 child=$!

@@ -1,21 +1,39 @@
 // Experts and dropless sort-based dispatch (DESIGN.md "Performance rules").
 // Each expert is a two-matrix MLP d -> hidden -> d with GELU; all experts' weights live in stacked
-// tensors so that dispatch can group tokens by expert and run one matmul per expert group.
+// tensors so that dispatch can group tokens by expert and multiply each group by its expert's weights.
 #pragma once
 
 #include <torch/torch.h>
 
 namespace moelab {
 
+// How the expert groups are multiplied.
+enum class ExpertKernel {
+  PerExpertLoop,  // one addmm per non-empty expert; sizes the groups on the host (one sync per layer)
+  GroupedMm,      // one at::_grouped_mm per weight with device-side group offsets (no host sync):
+                  // CUTLASS kernels on sm90/sm100 in bf16, ATen's own per-group loop elsewhere
+};
+
+// GroupedMm for bf16 on CUDA (bf16 tensors, or bf16 autocast), PerExpertLoop otherwise.
+ExpertKernel expert_kernel_for(const torch::Tensor& x);
+
 class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int experts, int d_model, int hidden);
   // x [T, d]; expert_index and gate [T, k]. Returns sum_j gate[t, j] * expert_{index[t, j]}(x[t]).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& expert_index, const torch::Tensor& gate);
+  // The same with a chosen kernel (tests run both on the CPU).
+  torch::Tensor forward_with_kernel(const torch::Tensor& x, const torch::Tensor& expert_index, const torch::Tensor& gate,
+                        ExpertKernel kernel);
   // One expert applied to rows x [n, d]; the reference the dispatch is tested against.
   torch::Tensor apply_expert(int e, const torch::Tensor& x);
 
   torch::Tensor w_in, b_in, w_out, b_out;  // [E, d, h], [E, h], [E, h, d], [E, d]
+
+ private:
+  // Rows grouped by expert (counts [E] on the device, sorted_expert [n] the expert of each row).
+  torch::Tensor per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts);
+  torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts, const torch::Tensor& sorted_expert);
 };
 TORCH_MODULE(Experts);
 

@@ -142,6 +142,17 @@ void RouterImpl::update_balancing_state(const torch::Tensor& x, const Routing& r
   }
 }
 
+std::vector<torch::Tensor> RouterImpl::statistics() const {
+  return {load_counts_, positive_gates_, fewer_than_k_, routed_tokens_};
+}
+
+std::vector<torch::Tensor> RouterImpl::balancing_state() const {
+  std::vector<torch::Tensor> state;
+  for (const auto& t : {selection_bias_, centroids_})
+    if (t.defined()) state.push_back(t);
+  return state;
+}
+
 torch::Tensor RouterImpl::direction_rows() const { return centroids_.defined() ? centroids_ : proj_->weight; }
 
 RoutingSnapshot RouterImpl::take_snapshot() {

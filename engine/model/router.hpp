@@ -48,6 +48,11 @@ class RouterImpl : public torch::nn::Module {
   RouterImpl(const ModelConfig& m, uint64_t seed);
   Routing forward(const torch::Tensor& x);  // x [T, d]
   RoutingSnapshot take_snapshot();          // statistics since the last snapshot, then resets them
+  // The counters behind the snapshot; data-parallel ranks sum them before one rank takes it.
+  std::vector<torch::Tensor> statistics() const;
+  // State moved by the routed tokens rather than by gradients (selection bias, K-Means centroids);
+  // empty for routers without it. Data-parallel ranks average it after every step.
+  std::vector<torch::Tensor> balancing_state() const;
 
  private:
   torch::Tensor scores(const torch::Tensor& x);

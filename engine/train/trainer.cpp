@@ -1,6 +1,7 @@
 #include "engine/train/trainer.hpp"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -14,6 +15,8 @@
 #include "engine/model/gpt.hpp"
 #include "engine/train/batches.hpp"
 #include "engine/train/checkpoint.hpp"
+#include "engine/train/data_parallel.hpp"
+#include "engine/train/optimizer.hpp"
 #include "engine/train/schedule.hpp"
 
 namespace moelab {
@@ -25,9 +28,27 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-torch::Device pick_device(const TrainConfig& t) {
-  if (t.device == "cuda" || (t.device == "auto" && torch::cuda::is_available())) return torch::kCUDA;
+// On CUDA each data-parallel process of a node takes the GPU of its local rank, made the current
+// device so that kernels, autocast and NCCL all use it.
+torch::Device pick_device(const TrainConfig& t, const LaunchRank& launch) {
+  if (t.device == "cuda" || (t.device == "auto" && torch::cuda::is_available())) {
+    const int gpus = int(torch::cuda::device_count());
+    if (gpus == 0) throw ConfigError("train.device: cuda, but no CUDA device is visible");
+    torch::Device device(torch::kCUDA, c10::DeviceIndex(launch.local_rank % gpus));
+    c10::impl::VirtualGuardImpl(device.type()).setDevice(device);
+    return device;
+  }
   return torch::kCPU;
+}
+
+// Each rank trains on a contiguous share of a step's micro-batches, so the ranks together see
+// exactly the micro-batches one process would.
+int micro_batches_per_rank(const TrainConfig& t, const LaunchRank& launch) {
+  if (t.accumulation_steps() % launch.world_size != 0)
+    throw ConfigError("train.batch_size: " + std::to_string(t.batch_size) + " sequences per step do not split into " +
+                      std::to_string(launch.world_size) + " ranks x whole micro-batches of " +
+                      std::to_string(t.micro_batch) + " (batch_size must be a multiple of world size x micro_batch)");
+  return t.accumulation_steps() / launch.world_size;
 }
 
 // Mixed precision on CUDA: autocast around the forward pass (router math casts itself to fp32).
@@ -64,7 +85,7 @@ void check_data(const JobConfig& c, const TokenFile& file, const std::string& fi
 }
 
 // AdamW with weight decay on matrices only; biases, LayerNorm gains and KERN's gamma are not decayed.
-std::unique_ptr<torch::optim::AdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
+std::unique_ptr<FusedAdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
   std::vector<torch::Tensor> decay, no_decay;
   for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   auto options = [&](double wd) {
@@ -74,7 +95,7 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(Gpt& model, const TrainConfi
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(t.weight_decay));
   groups.emplace_back(no_decay, options(0.0));
-  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
+  return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(t.lr));
 }
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
@@ -94,97 +115,155 @@ std::string format_duration(double seconds) {
 // One job's training loop; holds what the steps share so each phase reads as a small function.
 class Trainer {
  public:
-  Trainer(const JobConfig& c, const TrainOptions& o)
+  Trainer(const JobConfig& c, const TrainOptions& o, const LaunchRank& launch)
       : config_(c),
         options_(o),
+        launch_(launch),
         job_id_(c.hash()),
         train_file_(c.data.train),
         val_file_(c.data.val),
         batches_(c, train_file_, val_file_),
-        device_(pick_device(c.train)) {
+        device_(pick_device(c.train, launch)),
+        micro_batches_(micro_batches_per_rank(c.train, launch)) {
     check_data(c, train_file_, "data.train");
     check_data(c, val_file_, "data.val");
-    if (device_.is_cuda() && c.train.precision == "fp16")
-      throw ConfigError("train.precision: fp16 on CUDA needs loss scaling, which the engine does not have yet; use bf16");
     if (c.train.threads > 0) torch::set_num_threads(c.train.threads);
     torch::manual_seed(c.seed);
     model_ = Gpt(c.model, c.seed);
     model_->to(device_);
     optimizer_ = make_optimizer(model_, c.train);
+    if (device_.is_cuda() && c.train.precision == "fp16") optimizer_->enable_loss_scaling(device_);
     if (o.resume)
       if (auto checkpoint = find_checkpoint(o.run_dir, c)) resumed_ = load_checkpoint(*checkpoint, *model_, optimizer_.get());
+    if (launch.distributed()) join_data_parallel();
   }
 
+  // Only rank 0 writes to the store; the other ranks train and take part in every collective.
   int run() {
-    Store store(options_.db_path);
-    store.upsert_job(JobRow{job_id_, config_.name, "", config_.to_json().dump(), "{}", config_.train.steps});
-    store.set_job_status(job_id_, "running");
-    store.log_event(job_id_, "info", resumed_.step ? "resumed from step " + std::to_string(resumed_.step) : "started");
-    int code = loop(store);
-    finish(store, code);
+    if (launch_.rank == 0) {
+      store_.emplace(options_.db_path);
+      store_->upsert_job(JobRow{job_id_, config_.name, "", config_.to_json().dump(), "{}", config_.train.steps});
+      store_->set_job_status(job_id_, "running");
+      std::string started = resumed_.step ? "resumed from step " + std::to_string(resumed_.step) : "started";
+      if (launch_.distributed()) started += " on " + std::to_string(launch_.world_size) + " data-parallel ranks";
+      store_->log_event(job_id_, "info", started);
+    }
+    int code = loop();
+    if (store_) finish(code);
     return code;
   }
 
  private:
-  int loop(Store& store) {
+  // What a step leaves on the device; the host reads it only at logging steps, so that on a GPU
+  // the host queues the next step without waiting for this one.
+  struct StepResult {
+    torch::Tensor loss;       // this rank's share of the step's mean loss
+    torch::Tensor grad_norm;  // before clipping, the same on every rank
+  };
+
+  // A logging step's view of the step: the loss over all ranks, and whether any rank was asked to
+  // stop (all ranks then checkpoint and stop at this same step).
+  struct StepReport {
+    double loss = 0, grad_norm = 0;
+    bool stop = false;
+  };
+
+  // Every rank builds the same weights from the seed and the checkpoint; rank 0's copy is sent to
+  // all as well (as DDP does), so that replicas start equal even if a rank's initialisation differed.
+  void join_data_parallel() {
+    parallel_ = std::make_unique<DataParallel>(launch_, rendezvous_from_environment(), device_, model_->parameters());
+    parallel_->broadcast_from_rank0(model_->parameters());
+    parallel_->broadcast_from_rank0(model_->buffers());
+  }
+
+  int loop() {
     const auto& t = config_.train;
     started_ = Clock::now();
     interval_start_ = started_;
     for (int step = resumed_.step + 1; step <= t.steps; ++step) {
-      auto [loss, grad_norm] = train_step(step);
-      if (!std::isfinite(loss)) {
-        error_ = "non-finite loss " + std::to_string(loss) + " at step " + std::to_string(step);
-        return kExitDiverged;
-      }
+      auto result = train_step(step);
       const bool last = step == t.steps;
-      if (step % t.log_every == 0 || last) log_train(store, step, loss, grad_norm);
-      if (step % t.eval_every == 0 || last) evaluate(store, step);
-      const bool stopping = stop_requested || step == options_.stop_after;
-      if (step % t.checkpoint_every == 0 || last || stopping) checkpoint(store, step);
+      bool stopping = step == options_.stop_after;
+      if (step % t.log_every == 0 || last) {
+        auto report = read_report(result);
+        if (!std::isfinite(report.loss)) {
+          error_ = "non-finite loss " + std::to_string(report.loss) + " at step " + std::to_string(step);
+          return kExitDiverged;
+        }
+        log_train(step, report.loss, report.grad_norm);
+        stopping = stopping || report.stop;
+      } else if (!parallel_) {
+        stopping = stopping || stop_requested;  // a single process answers a signal at once
+      }
+      if (step % t.eval_every == 0 || last) evaluate(step);
+      if (step % t.checkpoint_every == 0 || last || stopping) checkpoint(step);
       if (stopping && !last) return kExitInterrupted;
     }
     return kExitOk;
   }
 
-  std::pair<double, double> train_step(int step) {
+  // One optimizer step over this rank's micro-batches. The loss of each micro-batch is divided by
+  // the micro-batches of the whole step, summed over ranks by the gradient all-reduce's mean times
+  // the world size: gradients and loss equal those of one process taking the global batch.
+  StepResult train_step(int step) {
     const auto& t = config_.train;
     model_->train();
     set_learning_rate(*optimizer_, learning_rate(t, step));
     optimizer_->zero_grad();
-    const int accumulation = t.accumulation_steps();
     auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device_));
-    for (int micro = 0; micro < accumulation; ++micro) {
-      auto batch = batches_.train_batch(step, micro);
+    for (int micro = 0; micro < micro_batches_; ++micro) {
+      auto batch = batches_.train_batch(step, launch_.rank * micro_batches_ + micro);
       torch::Tensor loss;
       {
         AutocastScope autocast(device_, t.precision);
-        loss = model_->loss(batch.inputs.to(device_), batch.targets.to(device_)) / accumulation;
+        loss = model_->loss(batch.inputs.to(device_), batch.targets.to(device_)) / micro_batches_;
       }
-      loss.backward();
+      if (parallel_ && micro == micro_batches_ - 1) parallel_->sync_next_backward();
+      optimizer_->scale_loss(loss).backward();
       loss_sum += loss.detach();
     }
-    double grad_norm = clip_gradients();
+    if (parallel_) parallel_->finish_gradient_sync();
+    optimizer_->unscale_gradients();
+    auto grad_norm = clip_gradients();
     optimizer_->step();
-    return {loss_sum.item<double>(), grad_norm};
+    if (parallel_) average_balancing_state();
+    return {loss_sum, grad_norm};
+  }
+
+  // One collective carries the ranks' losses and stop requests; one copy brings them to the host.
+  StepReport read_report(const StepResult& result) {
+    const auto options = result.loss.options().dtype(torch::kDouble);
+    auto shared = torch::stack({result.loss.to(torch::kDouble), torch::full({}, stop_requested ? 1.0 : 0.0, options)});
+    if (parallel_) parallel_->sum(shared);
+    auto host = torch::cat({shared, result.grad_norm.to(options).view({1})}).cpu();
+    return {host[0].item<double>() / launch_.world_size, host[2].item<double>(), host[1].item<double>() > 0};
+  }
+
+  // Selection biases and centroids move with each rank's own tokens; averaging keeps replicas equal.
+  void average_balancing_state() {
+    std::vector<torch::Tensor> state;
+    for (auto& layer : model_->moe_layers())
+      for (auto& t : layer->router->balancing_state()) state.push_back(t);
+    if (!state.empty()) parallel_->average(state);
   }
 
   // Total gradient norm before clipping (what the metrics record); clipping only when grad_clip > 0.
-  double clip_gradients() {
-    auto parameters = model_->parameters();
+  torch::Tensor clip_gradients() {
     const double max_norm = config_.train.grad_clip > 0 ? config_.train.grad_clip : std::numeric_limits<double>::infinity();
-    return torch::nn::utils::clip_grad_norm_(parameters, max_norm);
+    return clip_gradient_norm(model_->parameters(), max_norm);
   }
 
   double wall_time() const { return resumed_.wall_time + seconds_since(started_); }
   int64_t tokens_seen(int step) const { return int64_t(step) * config_.train.batch_size * config_.model.seq_len; }
 
-  void log_train(Store& store, int step, double loss, double grad_norm) {
+  void log_train(int step, double loss, double grad_norm) {
+    if (!store_) return;
     const int steps_in_interval = step - last_logged_step();
     const double interval = seconds_since(interval_start_);
     const double tokens_per_s = steps_in_interval * double(config_.train.batch_size) * config_.model.seq_len / interval;
     interval_start_ = Clock::now();
     last_logged_ = step;
-    store.put_metric(MetricRow{job_id_, step, "train", loss, tokens_seen(step), learning_rate(config_.train, step),
+    store_->put_metric(MetricRow{job_id_, step, "train", loss, tokens_seen(step), learning_rate(config_.train, step),
                                grad_norm, tokens_per_s, wall_time()});
     if (options_.progress) print_progress(step, loss, tokens_per_s);
   }
@@ -201,37 +280,54 @@ class Trainer {
     std::fflush(stderr);
   }
 
-  void evaluate(Store& store, int step) {
-    torch::NoGradGuard no_grad;
-    AutocastScope autocast(device_, config_.train.precision);
-    model_->eval();
-    double total = 0;
-    for (int i = 0; i < config_.train.eval_batches; ++i) {
-      auto batch = batches_.val_batch(i);
-      total += model_->loss(batch.inputs.to(device_), batch.targets.to(device_)).item<double>();
+  // Ranks split the validation batches (rank r takes r, r + world, ...) and add up their losses;
+  // the routing counters of all ranks are added before rank 0 records them.
+  void evaluate(int step) {
+    const double loss = validation_loss();
+    auto layers = model_->moe_layers();
+    std::vector<RoutingSnapshot> snapshots;
+    for (auto& layer : layers) {
+      if (parallel_)
+        for (auto counter : layer->router->statistics()) parallel_->sum(counter);
+      snapshots.push_back(layer->router->take_snapshot());
     }
-    const double loss = total / config_.train.eval_batches;
-    store.transaction([&] {
-      store.put_metric(MetricRow{job_id_, step, "val", loss, tokens_seen(step), learning_rate(config_.train, step), 0.0,
-                                 0.0, wall_time()});
-      auto layers = model_->moe_layers();
-      for (size_t layer = 0; layer < layers.size(); ++layer) {
-        auto s = layers[layer]->router->take_snapshot();
-        store.put_routing(RoutingRow{job_id_, step, int(layer), s.expert_fraction, s.load_std, s.load_max_over_mean,
-                                     s.dead_experts, s.positive_gates, s.fewer_than_k, s.router_cosine});
+    if (!store_) return;
+    store_->transaction([&] {
+      store_->put_metric(MetricRow{job_id_, step, "val", loss, tokens_seen(step), learning_rate(config_.train, step), 0.0,
+                                   0.0, wall_time()});
+      for (size_t layer = 0; layer < snapshots.size(); ++layer) {
+        const auto& s = snapshots[layer];
+        store_->put_routing(RoutingRow{job_id_, step, int(layer), s.expert_fraction, s.load_std, s.load_max_over_mean,
+                                       s.dead_experts, s.positive_gates, s.fewer_than_k, s.router_cosine});
       }
     });
     if (options_.progress) std::fprintf(stderr, "[%s] step %d val loss %.4f\n", config_.name.c_str(), step, loss);
     interval_start_ = Clock::now();  // tokens/s measures training only
   }
 
-  void checkpoint(Store& store, int step) {
+  double validation_loss() {
+    torch::NoGradGuard no_grad;
+    AutocastScope autocast(device_, config_.train.precision);
+    model_->eval();
+    auto total = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
+    for (int i = launch_.rank; i < config_.train.eval_batches; i += launch_.world_size) {
+      auto batch = batches_.val_batch(i);
+      total += model_->loss(batch.inputs.to(device_), batch.targets.to(device_)).to(torch::kDouble);
+    }
+    if (parallel_) parallel_->sum(total);
+    return total.item<double>() / config_.train.eval_batches;
+  }
+
+  // Rank 0 writes checkpoints (the other ranks hold the same weights and optimizer state).
+  void checkpoint(int step) {
+    if (!store_) return;
     auto saved = save_checkpoint(options_.run_dir, config_, *model_, *optimizer_, Progress{step, wall_time()});
-    store.put_checkpoint(CheckpointRow{job_id_, step, saved.path, saved.sha256});
+    store_->put_checkpoint(CheckpointRow{job_id_, step, saved.path, saved.sha256});
     interval_start_ = Clock::now();
   }
 
-  void finish(Store& store, int code) {
+  void finish(int code) {
+    auto& store = *store_;
     if (code == kExitOk) {
       store.set_job_status(job_id_, "done", "", code);
     } else if (code == kExitInterrupted) {
@@ -246,12 +342,16 @@ class Trainer {
 
   const JobConfig& config_;
   TrainOptions options_;
+  LaunchRank launch_;
   std::string job_id_;
   TokenFile train_file_, val_file_;
   BatchSource batches_;
   torch::Device device_;
+  int micro_batches_;  // this rank's micro-batches per step
   Gpt model_{nullptr};
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<FusedAdamW> optimizer_;
+  std::unique_ptr<DataParallel> parallel_;  // null in a single-process job
+  std::optional<Store> store_;              // rank 0 only
   Progress resumed_;
   Clock::time_point started_, interval_start_;
   int last_logged_ = 0;
@@ -266,21 +366,12 @@ void install_stop_handlers() {
   std::signal(SIGTERM, request_stop);
 }
 
-// The launch contract with the executors: one process per GPU, rank and world size from Slurm's
-// SLURM_PROCID / SLURM_NTASKS (srun) or the local executor's equivalent.
-int world_size() {
-  const char* tasks = std::getenv("SLURM_NTASKS");
-  return tasks ? std::max(1, std::atoi(tasks)) : 1;
-}
-
 int train_job(const JobConfig& config, const TrainOptions& options) {
-  if (world_size() > 1)
-    throw std::runtime_error("launched as " + std::to_string(world_size()) +
-                             " processes (SLURM_NTASKS), but data-parallel training is not implemented yet; "
-                             "use one GPU per job (slurm.gpus <= 1)");
+  const LaunchRank launch = launch_rank_from_environment();  // data_parallel.hpp: the launch contract
   TrainOptions resolved = options;
   if (resolved.run_dir.empty()) resolved.run_dir = (std::filesystem::path("runs") / config.hash()).string();
-  Trainer trainer(config, resolved);  // all input checks happen here, before the store is touched
+  resolved.progress = options.progress && launch.rank == 0;
+  Trainer trainer(config, resolved, launch);  // all input checks happen here, before the store is touched
   return trainer.run();
 }
 

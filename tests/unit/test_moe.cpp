@@ -1,5 +1,7 @@
 // The sort-based dispatch against a naive loop over tokens and their chosen experts, forward and
-// backward, for several expert counts, top-k and granularities; and the parameter counts.
+// backward, for several expert counts, top-k and granularities and both expert kernels (the
+// per-expert loop, and at::_grouped_mm, which runs ATen's fp32 fallback on the CPU); and the
+// parameter counts.
 #include <gtest/gtest.h>
 
 #include "engine/model/gpt.hpp"
@@ -8,9 +10,10 @@ using namespace moelab;
 
 namespace {
 
-ModelConfig moe_config(int experts, int top_k, int expert_size, int granularity, const std::string& router = "softmax") {
+ModelConfig moe_config(int experts, int top_k, int expert_size, int granularity, const std::string& router = "softmax",
+                       int d_model = 24) {
   ModelConfig m;
-  m.vocab_size = 50, m.seq_len = 16, m.layers = 2, m.d_model = 24, m.heads = 4;
+  m.vocab_size = 50, m.seq_len = 16, m.layers = 2, m.d_model = d_model, m.heads = 4;
   m.router = router, m.experts = experts, m.top_k = top_k, m.expert_size = expert_size, m.granularity = granularity;
   return m;
 }
@@ -29,18 +32,29 @@ torch::Tensor naive_moe(ExpertsImpl& experts, const torch::Tensor& x, const torc
 
 }  // namespace
 
-class MoeDispatch : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
+// experts, top_k, granularity, expert_size, d_model, kernel
+using DispatchCase = std::tuple<std::tuple<int, int, int, int, int>, ExpertKernel>;
+
+std::string dispatch_case_name(const ::testing::TestParamInfo<DispatchCase>& info) {
+  auto [shape, kernel] = info.param;
+  auto [e, k, g, h, d] = shape;
+  return "e" + std::to_string(e) + "k" + std::to_string(k) + "g" + std::to_string(g) + "h" + std::to_string(h) + "d" +
+         std::to_string(d) + (kernel == ExpertKernel::GroupedMm ? "_grouped_mm" : "_loop");
+}
+
+class MoeDispatch : public ::testing::TestWithParam<DispatchCase> {};
 
 TEST_P(MoeDispatch, MatchesNaivePerTokenLoop) {
-  auto [experts, top_k, granularity] = GetParam();
+  auto [shape, kernel] = GetParam();
+  auto [experts, top_k, granularity, expert_size, d_model] = shape;
   torch::manual_seed(experts * 100 + top_k * 10 + granularity);
-  auto config = moe_config(experts, top_k, 32, granularity);
+  auto config = moe_config(experts, top_k, expert_size, granularity, "softmax", d_model);
   MoeLayer layer(config, 1);
   for (auto& p : layer->experts->parameters()) torch::nn::init::normal_(p, 0.0, 0.2);
   auto x = torch::randn({37, config.d_model}, torch::requires_grad());
   auto routing = layer->router(x);
 
-  auto fast = layer->experts(x, routing.expert_index, routing.gate);
+  auto fast = layer->experts->forward_with_kernel(x, routing.expert_index, routing.gate, kernel);
   auto upstream = torch::randn_like(fast);
   auto grads = torch::autograd::grad({(fast * upstream).sum()}, {x, layer->experts->w_in, layer->experts->b_out,
                                                                   layer->router->parameters()[0]},
@@ -54,12 +68,17 @@ TEST_P(MoeDispatch, MatchesNaivePerTokenLoop) {
                                                                        << (grads[i] - slow_grads[i]).abs().max();
   EXPECT_EQ(routing.expert_index.size(1), top_k * granularity);
   EXPECT_EQ(layer->experts->w_in.size(0), experts * granularity);
-  EXPECT_EQ(layer->experts->w_in.size(2), 32 / granularity);
+  EXPECT_EQ(layer->experts->w_in.size(2), expert_size / granularity);
 }
 
-INSTANTIATE_TEST_SUITE_P(ExpertsTopKGranularity, MoeDispatch,
-                         ::testing::Values(std::tuple{4, 1, 1}, std::tuple{8, 2, 1}, std::tuple{8, 8, 1},
-                                           std::tuple{4, 2, 2}, std::tuple{16, 4, 4}));
+// The last case has d_model 20 and hidden 12: the grouped kernel pads both to multiples of 8.
+INSTANTIATE_TEST_SUITE_P(
+    ExpertsTopKGranularity, MoeDispatch,
+    ::testing::Combine(::testing::Values(std::tuple{4, 1, 1, 32, 24}, std::tuple{8, 2, 1, 32, 24},
+                                         std::tuple{8, 8, 1, 32, 24}, std::tuple{4, 2, 2, 32, 24},
+                                         std::tuple{16, 4, 4, 32, 24}, std::tuple{6, 2, 1, 12, 20}),
+                       ::testing::Values(ExpertKernel::PerExpertLoop, ExpertKernel::GroupedMm)),
+    dispatch_case_name);
 
 // Every router builds, routes and back-propagates through a whole model.
 TEST(Model, EveryRouterTrainsThroughTheModel) {

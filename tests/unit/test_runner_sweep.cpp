@@ -10,6 +10,7 @@
 
 #include "db/store.hpp"
 #include "run_moelab.hpp"
+#include "runner/slurm_executor.hpp"
 #include "runner/sweep_spec.hpp"
 
 namespace fs = std::filesystem;
@@ -113,6 +114,30 @@ std::vector<Malformed> malformed_specs() {
        "\"model.top_k\":9}: model.top_k: top_k 18 exceeds experts 16 (after granularity 2)"},
       {with([](json& j) { j["axes"]["model.granularity"] = {3}; }), "model.expert_size: expert_size 64 is not divisible by granularity 3"},
   };
+}
+
+// More than one GPU per job: one trainer per GPU through srun, told where rank 0 serves the
+// rendezvous; one GPU: the trainer runs directly and needs no rendezvous.
+TEST(SlurmScript, DataParallelJobsStartOneTrainerPerGpuThroughSrun) {
+  auto sweep = parse_sweep_spec(spec());
+  SlurmRun run{"runs/moelab.db", "/shared/runs/s", "/opt/moelab"};
+  SlurmOptions options;
+  options.gpus = 4;
+  auto script = sbatch_script(options, sweep, "/shared/runs/s/jobs.txt", "/shared/logs", run, 2);
+  EXPECT_NE(script.find("#SBATCH --ntasks=4\n#SBATCH --gpus-per-task=1\n"), std::string::npos) << script;
+  const auto rendezvous = script.find("export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)");
+  const auto port = script.find("export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))");
+  const auto trainer = script.find("srun --kill-on-bad-exit=1 '/opt/moelab' train");
+  ASSERT_NE(rendezvous, std::string::npos) << script;
+  ASSERT_NE(port, std::string::npos) << script;
+  ASSERT_NE(trainer, std::string::npos) << script;
+  EXPECT_LT(port, trainer);
+
+  options.gpus = 1;
+  script = sbatch_script(options, sweep, "/shared/runs/s/jobs.txt", "/shared/logs", run, 2);
+  EXPECT_EQ(script.find("srun"), std::string::npos) << script;
+  EXPECT_EQ(script.find("MASTER_ADDR"), std::string::npos) << script;
+  EXPECT_NE(script.find("'/opt/moelab' train"), std::string::npos) << script;
 }
 
 TEST(SweepValidation, MalformedSpecsNameTheJsonPath) {
