@@ -178,6 +178,14 @@ TEST(ReportTables, SparsityAndGranularityUseTheResolvedShapeAndFinalLoss) {
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(num(rows[0], "4-2-128"), 3.0);
   EXPECT_EQ(num(rows[0], "8-4-64"), 2.0);  // granularity 2: experts and top-k doubled, expert size halved
+  // Their plots: final loss against total experts (a log2 axis) and against the shape (categories).
+  for (auto [sweep, plot] : {std::pair{"sparse", "sparsity"}, std::pair{"grain", "granularity"}}) {
+    auto r = run_moelab(std::string("report ") + sweep + " --format png --db " + (f.dir / "moelab.db").string() +
+                        " --out " + (f.dir / sweep).string());
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_GT(fs::file_size(f.dir / sweep / "plots" / (std::string(plot) + ".png")), 10000u) << r.output;
+    EXPECT_FALSE(fs::exists(f.dir / sweep / "report.md"));  // only the formats asked for
+  }
 }
 
 TEST(ReportTables, DownstreamAveragesTasksWithTheirStatedMetric) {
