@@ -1,10 +1,13 @@
 // Engine benchmarks (Google Benchmark): every router's forward+backward side by side (KERN must cost
-// what softmax costs), the MoE layer, and a whole training step of the demo configuration.
+// what softmax costs), the MoE layer, and a whole training step of the demo configuration. Where a
+// CUDA device is visible the routers and the paper's MoE layer also run there (names ending in
+// /cuda), timed in real time with a device sync per iteration.
 // Run: build/bench_engine [--benchmark_filter=Router]
 #include <benchmark/benchmark.h>
 
 #include "engine/config/job_config.hpp"
 #include "engine/model/gpt.hpp"
+#include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
 
 using namespace moelab;
@@ -19,18 +22,59 @@ ModelConfig paper_layer(const std::string& router) {
   return m;
 }
 
-void RouterForwardBackward(benchmark::State& state, const std::string& router) {
+// Waits for the device's queued kernels, so that an iteration's time covers its GPU work.
+void finish(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// CPU: 4096 tokens. CUDA: 8192 tokens (one micro-batch of 8 x 1024 of the 125M model), router math
+// in fp32 under bf16 autocast as in training.
+void RouterForwardBackward(benchmark::State& state, const std::string& router, torch::Device device) {
   torch::manual_seed(0);
   auto config = paper_layer(router);
   Router r(config, 0);
-  auto x = torch::randn({4096, config.d_model}, torch::requires_grad());
+  r->to(device);
+  auto x = torch::randn({device.is_cuda() ? 8192 : 4096, config.d_model}, torch::TensorOptions(device).requires_grad(true));
+  AutocastScope autocast(device, "bf16");
   for (auto _ : state) {
     auto routing = r(x);
     auto loss = routing.gate.sum() + routing.aux_loss;
     if (loss.requires_grad()) loss.backward();  // the parameter-free kmeans router has no backward
     benchmark::DoNotOptimize(routing.gate.data_ptr());
+    finish(device);
   }
   state.SetItemsProcessed(state.iterations() * x.size(0));
+}
+
+// The paper's whole MoE layer (router, dispatch, 64 experts of 384, combine) on the GPU in bf16,
+// with each expert kernel: the grouped CUTLASS kernel against one matmul per expert.
+void MoeLayerForwardBackwardCuda(benchmark::State& state, ExpertKernel kernel) {
+  torch::manual_seed(0);
+  const torch::Device gpu(torch::kCUDA);
+  MoeLayer layer(paper_layer("kern"), 0);
+  layer->to(gpu);
+  auto x = torch::randn({8192, 768}, torch::TensorOptions(gpu).requires_grad(true));
+  AutocastScope autocast(gpu, "bf16");
+  for (auto _ : state) {
+    auto routing = layer->router(x);
+    layer->experts->forward_with_kernel(x, routing.expert_index, routing.gate, kernel).sum().backward();
+    benchmark::DoNotOptimize(x.grad().data_ptr());
+    finish(gpu);
+  }
+  state.SetItemsProcessed(state.iterations() * x.size(0));
+}
+
+void register_cuda_benchmarks() {
+  for (std::string router : {"softmax", "kern", "kern_after_topk", "sigmoid", "tanh", "kmeans"})
+    benchmark::RegisterBenchmark(("RouterForwardBackward/" + router + "/cuda").c_str(), RouterForwardBackward, router,
+                                 torch::Device(torch::kCUDA))
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  for (auto [name, kernel] : {std::pair{"grouped_mm", ExpertKernel::GroupedMm}, std::pair{"loop", ExpertKernel::PerExpertLoop}})
+    benchmark::RegisterBenchmark((std::string("MoeLayerForwardBackward/") + name + "/cuda").c_str(),
+                                 MoeLayerForwardBackwardCuda, kernel)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 }
 
 void MoeLayerForwardBackward(benchmark::State& state) {
@@ -96,15 +140,21 @@ BENCHMARK_CAPTURE(TorchAdamWStep, demo, 64)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(FusedAdamWStep, demo, 64)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(TorchAdamWStep, d256_e64, 256)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(FusedAdamWStep, d256_e64, 256)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, softmax, std::string("softmax"))->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, kern, std::string("kern"))->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, kern_after_topk, std::string("kern_after_topk"))->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, sigmoid, std::string("sigmoid"))->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, tanh, std::string("tanh"))->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, kmeans, std::string("kmeans"))->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, softmax, std::string("softmax"), torch::kCPU)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kern, std::string("kern"), torch::kCPU)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kern_after_topk, std::string("kern_after_topk"), torch::kCPU)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, sigmoid, std::string("sigmoid"), torch::kCPU)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, tanh, std::string("tanh"), torch::kCPU)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kmeans, std::string("kmeans"), torch::kCPU)->Unit(benchmark::kMillisecond);
 BENCHMARK(MoeLayerForwardBackward)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(DemoTrainStep, kern, std::string("kern"))->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(DemoTrainStep, softmax, std::string("softmax"))->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(DemoTrainStep, dense, std::string("dense"))->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  if (torch::cuda::is_available()) register_cuda_benchmarks();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}

@@ -230,6 +230,8 @@ def main():
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run, the first 10 warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
+    parser.add_argument("--batch-size", type=int, help="sequences per optimizer step (train.batch_size), both sides")
+    parser.add_argument("--micro-batch", type=int, help="sequences per forward pass (train.micro_batch), both sides")
     args = parser.parse_args()
     if not MOELAB.exists():
         sys.exit(f"{MOELAB} is missing: build it first (cmake --build build --target moelab)")
@@ -240,6 +242,9 @@ def main():
     base = json.loads((ROOT / "sweeps/jobs/demo-tiny.json").read_text())
     config = json.loads(Path(args.config).read_text()) if args.config else (
         paper_125m_config(base) if device.type == "cuda" else base)
+    for option, field in ((args.batch_size, "batch_size"), (args.micro_batch, "micro_batch")):
+        if option:
+            config["train"][field] = option
     if config["model"].get("router", "kern") not in ("kern", "softmax"):
         sys.exit("the PyTorch side implements the kern and softmax routers")
 
@@ -258,11 +263,13 @@ def main():
     results = {"engine": [], "eager": [], "compile": []}
     for run in range(args.repeats):
         results["engine"].append(engine_tokens_per_s(config_path, args.steps, work, run))
+        print(f"run {run}: engine {results['engine'][-1]:.0f} tokens/s", flush=True)
         eager, parameters = pytorch_tokens_per_s(config, data, args.steps, False, device)
         results["eager"].append(eager)
+        print(f"run {run}: eager {eager:.0f} tokens/s", flush=True)
         if not args.no_compile:
             results["compile"].append(pytorch_tokens_per_s(config, data, args.steps, True, device)[0])
-        print(f"run {run}: " + "  ".join(f"{k} {v[-1]:.0f}" for k, v in results.items() if v) + " tokens/s", flush=True)
+            print(f"run {run}: compile {results['compile'][-1]:.0f} tokens/s", flush=True)
 
     if parameters != sizes["total_params"]:
         sys.exit(f"parameter counts differ: engine {sizes['total_params']}, PyTorch {parameters}")
@@ -276,9 +283,11 @@ def main():
         if results[other]:
             print(f"engine / {other:7s} {engine / statistics.median(results[other]):.2f}x (medians), "
                   f"{max(results['engine']) / max(results[other]):.2f}x (best runs)")
-    if device.type == "cuda":
-        flops = sizes["flops_per_token"] * engine
-        print(f"engine MFU {flops / 989e12:.1%} of 989 TFLOP/s (H100 bf16 dense)")
+    if device.type == "cuda":  # model FLOPs (moelab params: 6 x active matmul parameters + attention)
+        for side, values in results.items():
+            if values:
+                mfu = sizes["flops_per_token"] * statistics.median(values) / 989e12
+                print(f"{side:8s} MFU {mfu:.1%} of 989 TFLOP/s (H100/H200 bf16 dense)")
 
 
 if __name__ == "__main__":

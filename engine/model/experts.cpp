@@ -2,20 +2,24 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "engine/model/router.hpp"
+
 namespace moelab {
 namespace {
 
 int64_t round_up_to_8(int64_t n) { return (n + 7) / 8 * 8; }
 
-// Zeros appended to the last two dimensions up to `rows` x `cols` (no copy when they already fit).
-torch::Tensor pad_last_two(const torch::Tensor& t, int64_t rows, int64_t cols) {
-  const int64_t extra_rows = rows - t.size(-2), extra_cols = cols - t.size(-1);
-  if (extra_rows == 0 && extra_cols == 0) return t;
-  return torch::constant_pad_nd(t, {0, extra_cols, 0, extra_rows});
+// x [n, k] with a column of ones appended and zeros after it up to `cols` columns.
+torch::Tensor with_ones_column(const torch::Tensor& x, int64_t cols) {
+  const int64_t n = x.size(0);
+  return torch::cat({x, torch::ones({n, 1}, x.options()), torch::zeros({n, cols - x.size(1) - 1}, x.options())}, 1);
 }
 
-torch::Tensor pad_last(const torch::Tensor& t, int64_t cols) {
-  return cols == t.size(-1) ? t : torch::constant_pad_nd(t, {0, cols - t.size(-1)});
+// Weights w [E, k, m] with the biases b [E, m] as row k, zero-padded to `rows` x `cols`.
+torch::Tensor with_bias_row(const torch::Tensor& w, const torch::Tensor& b, int64_t rows, int64_t cols) {
+  const int64_t E = w.size(0), k = w.size(1), m = w.size(2);
+  auto stacked = torch::cat({w, b.unsqueeze(1), torch::zeros({E, rows - k - 1, m}, w.options())}, 1);
+  return cols == m ? stacked : torch::constant_pad_nd(stacked, {0, cols - m});
 }
 
 }  // namespace
@@ -48,12 +52,12 @@ torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const tor
   const int64_t experts = w_in.size(0), k = expert_index.size(1);
   // Sort the T*k (token, expert) slots by expert; a stable sort keeps token order within a group.
   auto flat_expert = expert_index.flatten();
-  auto [sorted_expert, order] = flat_expert.sort(/*stable=*/std::optional<bool>(true), /*dim=*/0);
+  auto order = std::get<1>(flat_expert.sort(/*stable=*/std::optional<bool>(true), /*dim=*/0));
   auto token_of_slot = order.div(k, "floor");
   auto gate_of_slot = gate.flatten().index_select(0, order).to(x.dtype());
   auto rows = x.index_select(0, token_of_slot);
-  auto counts = torch::bincount(flat_expert, {}, experts);  // group sizes, computed on the device
-  auto grouped_y = kernel == ExpertKernel::GroupedMm ? grouped_mm(rows, counts, sorted_expert) : per_expert_loop(rows, counts);
+  auto counts = count_per_expert(flat_expert, experts);  // group sizes, computed on the device
+  auto grouped_y = kernel == ExpertKernel::GroupedMm ? grouped_mm(rows, counts) : per_expert_loop(rows, counts);
   // Under autocast the expert matmuls return bf16; the combine runs in the residual stream's dtype.
   grouped_y = grouped_y.to(x.scalar_type()) * gate_of_slot.unsqueeze(1);
   return torch::zeros_like(x).index_add_(0, token_of_slot, grouped_y);
@@ -72,20 +76,23 @@ torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torc
   return torch::cat(outputs);
 }
 
-// Group ends are a cumulative sum on the device, so nothing waits for the host. The bf16 CUTLASS
-// kernels want 16-byte aligned rows: d and hidden are padded with zeros to multiples of 8, which
-// changes no result (zero columns in, GELU(0 + 0) = 0 hidden units, padded outputs dropped).
-torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts,
-                                      const torch::Tensor& sorted_expert) {
+// Group ends are a cumulative sum on the device, so nothing waits for the host. Each bias rides in
+// its matmul as an extra weight row against a column of ones: gathering a bias row per token would
+// make its gradient a scatter-add of every token's row onto one row per expert, thousands of
+// contended atomic adds per element. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner
+// and output dimensions are padded with zeros to multiples of 8, which changes no result (zero
+// inputs times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
+torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts) {
   const auto dtype = rows.is_cuda() ? torch::kBFloat16 : rows.scalar_type();  // the CPU runs ATen's fp32 loop
-  const int64_t d = w_in.size(1), h = w_in.size(2), d8 = round_up_to_8(d), h8 = round_up_to_8(h);
+  const int64_t d = w_in.size(1), h = w_in.size(2);
+  const int64_t d_in = round_up_to_8(d + 1), h_in = round_up_to_8(h + 1);
   auto offsets = counts.cumsum(0).to(torch::kInt32);
-  auto x = pad_last(rows.to(dtype), d8);
-  auto hidden = at::_grouped_mm(x, pad_last_two(w_in.to(dtype), d8, h8), offsets) +
-                pad_last(b_in.to(dtype).index_select(0, sorted_expert), h8);
-  auto y = at::_grouped_mm(torch::gelu(hidden), pad_last_two(w_out.to(dtype), h8, d8), offsets) +
-           pad_last(b_out.to(dtype).index_select(0, sorted_expert), d8);
-  return d8 == d ? y : y.narrow(1, 0, d);
+  auto hidden = at::_grouped_mm(with_ones_column(rows.to(dtype), d_in),
+                                with_bias_row(w_in.to(dtype), b_in.to(dtype), d_in, round_up_to_8(h)), offsets);
+  auto activation = torch::gelu(hidden.narrow(1, 0, h));
+  auto y = at::_grouped_mm(with_ones_column(activation, h_in),
+                           with_bias_row(w_out.to(dtype), b_out.to(dtype), h_in, round_up_to_8(d)), offsets);
+  return y.narrow(1, 0, d);
 }
 
 }  // namespace moelab

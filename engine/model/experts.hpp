@@ -31,9 +31,9 @@ class ExpertsImpl : public torch::nn::Module {
   torch::Tensor w_in, b_in, w_out, b_out;  // [E, d, h], [E, h], [E, h, d], [E, d]
 
  private:
-  // Rows grouped by expert (counts [E] on the device, sorted_expert [n] the expert of each row).
+  // Rows grouped by expert (counts [E] on the device).
   torch::Tensor per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts);
-  torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts, const torch::Tensor& sorted_expert);
+  torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts);
 };
 TORCH_MODULE(Experts);
 

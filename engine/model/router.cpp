@@ -63,6 +63,11 @@ double kern_monte_carlo_scale(int experts, const GateRule& rule, int samples, ui
   return (1.0 / norm.masked_select(usable)).mean().item<double>();
 }
 
+torch::Tensor count_per_expert(const torch::Tensor& expert_index, int64_t experts) {
+  auto flat = expert_index.flatten();
+  return torch::zeros({experts}, flat.options()).scatter_add_(0, flat, torch::ones_like(flat));
+}
+
 RouterImpl::RouterImpl(const ModelConfig& m, uint64_t seed) : config_(m), rule_(gate_rule(m)) {
   const int E = m.total_experts();
   if (rule_.kind == RouterKind::KMeans) {
@@ -106,7 +111,7 @@ torch::Tensor RouterImpl::balance_loss(const torch::Tensor& s, const torch::Tens
     // Switch Transformer: E * sum_e f_e * P_e, f_e the share of routed slots, P_e the mean softmax
     // probability. Softmax of the scores is the differentiable load proxy for every router.
     const int E = s.size(1);
-    auto f = torch::bincount(expert_index.flatten(), {}, E).to(s.dtype()) / expert_index.numel();
+    auto f = count_per_expert(expert_index, E).to(s.dtype()) / expert_index.numel();
     loss = loss + config_.aux_loss_coef * E * (f * torch::softmax(s, -1).mean(0)).sum();
   }
   if (config_.z_loss_coef > 0) loss = loss + config_.z_loss_coef * torch::logsumexp(s, -1).pow(2).mean();
@@ -116,7 +121,7 @@ torch::Tensor RouterImpl::balance_loss(const torch::Tensor& s, const torch::Tens
 void RouterImpl::update_balancing_state(const torch::Tensor& x, const Routing& r) {
   torch::NoGradGuard no_grad;
   const int E = load_counts_.size(0);
-  auto counts = torch::bincount(r.expert_index.flatten(), {}, E).to(torch::kFloat64);
+  auto counts = count_per_expert(r.expert_index, E).to(torch::kFloat64);
   load_counts_ += counts;
   auto positive = (r.gate > 0).sum(-1);
   positive_gates_ += positive.sum().to(torch::kFloat64);

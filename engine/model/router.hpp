@@ -35,6 +35,10 @@ Routing route_scores(const torch::Tensor& scores, const GateRule& rule, const to
 // and y ~ N(0, I_E), estimated from `samples` draws of a generator seeded with `seed`.
 double kern_monte_carlo_scale(int experts, const GateRule& rule, int samples, uint64_t seed);
 
+// Routed slots per expert: [experts] int64 on expert_index's device. A scatter-add, not
+// torch::bincount, whose CUDA kernel copies the index's min and max to the host (two syncs a call).
+torch::Tensor count_per_expert(const torch::Tensor& expert_index, int64_t experts);
+
 // Per-layer routing counters accumulated during training and read at evaluation time.
 struct RoutingSnapshot {
   std::vector<double> expert_fraction;

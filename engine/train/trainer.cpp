@@ -1,6 +1,5 @@
 #include "engine/train/trainer.hpp"
 
-#include <ATen/autocast_mode.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <unistd.h>
 
@@ -13,6 +12,7 @@
 #include "db/store.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
+#include "engine/train/autocast.hpp"
 #include "engine/train/batches.hpp"
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/data_parallel.hpp"
@@ -50,26 +50,6 @@ int micro_batches_per_rank(const TrainConfig& t, const LaunchRank& launch) {
                       std::to_string(t.micro_batch) + " (batch_size must be a multiple of world size x micro_batch)");
   return t.accumulation_steps() / launch.world_size;
 }
-
-// Mixed precision on CUDA: autocast around the forward pass (router math casts itself to fp32).
-// The CPU always computes in fp32.
-class AutocastScope {
- public:
-  AutocastScope(torch::Device device, const std::string& precision) : enabled_(device.is_cuda() && precision != "fp32") {
-    if (!enabled_) return;
-    at::autocast::set_autocast_dtype(at::kCUDA, precision == "bf16" ? at::kBFloat16 : at::kHalf);
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-  }
-
- private:
-  bool enabled_;
-};
 
 // Both token files open and agree with the config; throws naming the file otherwise.
 void check_data(const JobConfig& c, const TokenFile& file, const std::string& field) {
@@ -216,7 +196,7 @@ class Trainer {
       torch::Tensor loss;
       {
         AutocastScope autocast(device_, t.precision);
-        loss = model_->loss(batch.inputs.to(device_), batch.targets.to(device_)) / micro_batches_;
+        loss = model_->loss(on_device(batch.inputs), on_device(batch.targets)) / micro_batches_;
       }
       if (parallel_ && micro == micro_batches_ - 1) parallel_->sync_next_backward();
       optimizer_->scale_loss(loss).backward();
@@ -251,6 +231,12 @@ class Trainer {
   torch::Tensor clip_gradients() {
     const double max_norm = config_.train.grad_clip > 0 ? config_.train.grad_clip : std::numeric_limits<double>::infinity();
     return clip_gradient_norm(model_->parameters(), max_norm);
+  }
+
+  // Batches go to the GPU from pinned memory without blocking: a copy from pageable memory makes the
+  // host wait until the GPU has drained, so it could not queue the next step while this one runs.
+  torch::Tensor on_device(const torch::Tensor& t) const {
+    return device_.is_cuda() ? t.pin_memory().to(device_, /*non_blocking=*/true) : t;
   }
 
   double wall_time() const { return resumed_.wall_time + seconds_since(started_); }
@@ -312,7 +298,7 @@ class Trainer {
     auto total = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
     for (int i = launch_.rank; i < config_.train.eval_batches; i += launch_.world_size) {
       auto batch = batches_.val_batch(i);
-      total += model_->loss(batch.inputs.to(device_), batch.targets.to(device_)).to(torch::kDouble);
+      total += model_->loss(on_device(batch.inputs), on_device(batch.targets)).to(torch::kDouble);
     }
     if (parallel_) parallel_->sum(total);
     return total.item<double>() / config_.train.eval_batches;

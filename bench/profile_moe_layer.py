@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Where the GPU time of the paper's MoE layer goes, kernel by kernel (torch.profiler; needs CUDA).
+
+    python3 bench/profile_moe_layer.py [--tokens 8192]
+
+The engine's ops for 8192 tokens (one 8 x 1024 micro-batch), d 768, 64 experts, top-8, size 384, in
+bf16 autocast as in training, written again in Python: the softmax and KERN routers alone, and the
+expert computation with biases gathered per row (as the engine did) and with each bias as an extra
+weight row of its matmul (as it does now). Prints, for each, the GPU time of one forward+backward
+and the kernels that take most of it. Kernel times are the GPU's own, so Python's launch overhead
+does not enter them.
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+D, E, K, H = 768, 64, 8, 384
+
+
+def route(x, proj, gamma, kind):
+    with torch.autocast("cuda", enabled=False):  # router math in fp32, as the engine does
+        s = proj(x.float())
+        if kind == "kern":
+            g = gamma * torch.relu(s / (s.norm(dim=-1, keepdim=True) + 1e-8))
+        else:
+            g = torch.softmax(s, -1)
+        index = g.topk(K, -1).indices
+        return index, g.gather(-1, index)
+
+
+def pad8(n):
+    return (n + 7) // 8 * 8
+
+
+def ones_column(x, cols):
+    n = x.shape[0]
+    return torch.cat([x, x.new_ones(n, 1), x.new_zeros(n, cols - x.shape[1] - 1)], 1)
+
+
+def bias_row(w, b, rows):
+    return torch.cat([w, b.unsqueeze(1), w.new_zeros(w.shape[0], rows - w.shape[1] - 1, w.shape[2])], 1)
+
+
+def experts(x, index, gate, p, bias_in_matmul):
+    order = index.flatten().sort(stable=True).indices
+    token = order // K
+    rows = x.index_select(0, token).bfloat16()
+    counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, index.flatten(), torch.ones_like(index.flatten()))
+    offsets = counts.cumsum(0).int()
+    w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
+    if bias_in_matmul:
+        h = torch._grouped_mm(ones_column(rows, pad8(D + 1)), bias_row(w_in, b_in, pad8(D + 1)), offsets)
+        y = torch._grouped_mm(ones_column(F.gelu(h), pad8(H + 1)), bias_row(w_out, b_out, pad8(H + 1)), offsets)
+    else:
+        expert = index.flatten()[order]
+        h = torch._grouped_mm(rows, w_in, offsets) + b_in.index_select(0, expert)
+        y = torch._grouped_mm(F.gelu(h), w_out, offsets) + b_out.index_select(0, expert)
+    y = y.float() * gate.flatten()[order].unsqueeze(1)
+    return torch.zeros_like(x).index_add_(0, token, y)
+
+
+def measure(name, step, iterations=10):
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iterations):
+            step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in kernels) / iterations / 1e3
+    print(f"\n{name}: {total:.3f} ms of GPU time per forward+backward")
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]:
+        print(f"  {e.self_device_time_total / iterations / 1e3:8.3f} ms  {e.count // iterations:3d}x  {e.key[:100]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=8192)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    x = torch.randn(args.tokens, D, device=cuda, requires_grad=True)
+    proj = torch.nn.Linear(D, E).to(cuda)
+    gamma = torch.ones((), device=cuda, requires_grad=True)
+    p = [torch.nn.Parameter(torch.randn(*shape, device=cuda) * 0.02) for shape in ((E, D, H), (E, H), (E, H, D), (E, D))]
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; {args.tokens} tokens")
+
+    def router_step(kind):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, gate = route(x, proj, gamma, kind)
+        gate.sum().backward()
+
+    def layer_step(bias_in_matmul):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            index, gate = route(x, proj, gamma, "kern")
+            out = experts(x, index, gate, p, bias_in_matmul)
+        out.sum().backward()
+
+    measure("router softmax", lambda: router_step("softmax"))
+    measure("router kern", lambda: router_step("kern"))
+    measure("layer, biases gathered per row (the engine before)", lambda: layer_step(False))
+    measure("layer, biases as a weight row (the engine)", lambda: layer_step(True))
+
+
+if __name__ == "__main__":
+    main()
