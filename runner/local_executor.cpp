@@ -1,12 +1,18 @@
 #include "runner/local_executor.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -52,13 +58,41 @@ std::string log_tail(const std::string& path, size_t lines) {
   return out;
 }
 
+// A job's processes: one per rank, rank 0 first. The job ends when all have exited.
 struct RunningJob {
   const PlannedJob* job;
   int attempts_at_launch;
-  int gpu;  // -1 on CPU
+  std::vector<int> gpus;  // empty on the CPU
   Clock::time_point started;
   bool evaluating = false;  // the evaluation stage after training, in the same slot
+  std::vector<pid_t> pids;
+  size_t exited = 0;
+  int status = 0;             // wait status of rank 0, or of the first rank that failed
+  std::string log;            // the log of that process
+  bool rank_failed = false;
 };
+
+// A TCP port nothing listens on now, for a data-parallel job's rendezvous.
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    throw std::runtime_error(std::string("cannot find a free TCP port: ") + std::strerror(errno));
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+std::string join(const std::vector<int>& values) {
+  std::string out;
+  for (int v : values) out += (out.empty() ? "" : ",") + std::to_string(v);
+  return out;
+}
+
+using Environment = std::vector<std::pair<std::string, std::string>>;
 
 class LocalPool {
  public:
@@ -83,9 +117,7 @@ class LocalPool {
       if (stop_signal && !stopping_) stop_all();
       while (!stopping_ && !queue_.empty() && int(running_.size()) < options_.jobs) launch(queue_.front()), queue_.pop_front();
       while (!stopping_ && !eval_queue_.empty() && int(running_.size()) < options_.jobs) {
-        int gpu = -1;
-        if (!free_gpus_.empty()) gpu = free_gpus_.front(), free_gpus_.erase(free_gpus_.begin());
-        launch_eval(RunningJob{eval_queue_.front(), 0, gpu, Clock::now()});
+        launch_eval(RunningJob{eval_queue_.front(), 0, take_gpus(), Clock::now()});
         eval_queue_.pop_front();
       }
       reap();
@@ -98,31 +130,62 @@ class LocalPool {
   }
 
  private:
+  // A slot's GPUs: `ranks` of the free ones (none on the CPU).
+  std::vector<int> take_gpus() {
+    if (options_.gpus == 0) return {};
+    std::vector<int> gpus(free_gpus_.begin(), free_gpus_.begin() + options_.ranks);
+    free_gpus_.erase(free_gpus_.begin(), free_gpus_.begin() + options_.ranks);
+    return gpus;
+  }
+
   void launch(const PlannedJob* job) {
     const std::string dir = job_run_dir(options_.workdir, job->id);
-    // CPU jobs share the cores; a GPU job keeps LibTorch's default.
-    const int threads = options_.gpus == 0 ? std::max(1, int(std::thread::hardware_concurrency()) / options_.jobs) : 0;
-    const std::string config = write_job_config(*job, dir, threads), log = dir + "/train.log";
-    int gpu = -1;
-    if (!free_gpus_.empty()) gpu = free_gpus_.front(), free_gpus_.erase(free_gpus_.begin());
+    // CPU jobs share the cores among all their processes; a GPU job keeps LibTorch's default.
+    const int processes = options_.jobs * options_.ranks;
+    const int threads = options_.gpus == 0 ? std::max(1, int(std::thread::hardware_concurrency()) / processes) : 0;
+    const std::string config = write_job_config(*job, dir, threads);
     auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job->id + "'");
-    pid_t pid = spawn({"train", "--config", config, "--db", options_.db_path, "--run-dir", dir, "--resume"}, log, gpu);
-    store_.set_job_executor(job->id, "local", std::to_string(pid), hostname(), dir);
-    running_[pid] = RunningJob{job, attempts.empty() ? 0 : std::stoi(attempts[0][0]), gpu, Clock::now()};
-    std::printf("[sweep %s] start %s %s (pid %d%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(), pid,
-                gpu >= 0 ? (", GPU " + std::to_string(gpu)).c_str() : "");
+    RunningJob r{job, attempts.empty() ? 0 : std::stoi(attempts[0][0]), take_gpus(), Clock::now()};
+    const std::vector<std::string> args = {"train", "--config", config, "--db", options_.db_path, "--run-dir", dir, "--resume"};
+    if (options_.ranks == 1) {
+      r.pids.push_back(spawn(args, dir + "/train.log", r.gpus));
+    } else {
+      const std::string port = std::to_string(free_port());
+      for (int rank = 0; rank < options_.ranks; ++rank)
+        r.pids.push_back(spawn(args, rank_log(dir, rank), r.gpus,
+                               {{"MOELAB_RANK", std::to_string(rank)}, {"MOELAB_LOCAL_RANK", std::to_string(rank)},
+                                {"MOELAB_WORLD_SIZE", std::to_string(options_.ranks)}, {"MASTER_ADDR", "127.0.0.1"},
+                                {"MASTER_PORT", port}}));
+    }
+    store_.set_job_executor(job->id, "local", std::to_string(r.pids[0]), hostname(), dir);
+    std::printf("[sweep %s] start %s %s (pid %s%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(),
+                join(std::vector<int>(r.pids.begin(), r.pids.end())).c_str(),
+                r.gpus.empty() ? "" : ((r.gpus.size() > 1 ? ", GPUs " : ", GPU ") + join(r.gpus)).c_str());
     std::fflush(stdout);
+    add_running(std::move(r));
+  }
+
+  static std::string rank_log(const std::string& dir, int rank) {
+    return dir + (rank == 0 ? "/train.log" : "/train.rank" + std::to_string(rank) + ".log");
+  }
+
+  void add_running(RunningJob r) {
+    const pid_t leader = r.pids[0];
+    for (pid_t pid : r.pids) leader_of_[pid] = leader;
+    running_[leader] = std::move(r);
   }
 
   // `moelab <args>` in its own process group (the runner decides when a job is told to stop), its
-  // output appended to `log`, on `gpu` if one was handed out.
-  pid_t spawn(const std::vector<std::string>& args, const std::string& log, int gpu) {
+  // output appended to `log`, on `gpus` if some were handed out, with `environment` added.
+  pid_t spawn(const std::vector<std::string>& args, const std::string& log, const std::vector<int>& gpus,
+              const Environment& environment = {}) {
     pid_t pid = fork();
     if (pid == 0) {
       setpgid(0, 0);
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, STDOUT_FILENO), dup2(fd, STDERR_FILENO), close(fd);
-      if (gpu >= 0) setenv("CUDA_VISIBLE_DEVICES", std::to_string(gpu).c_str(), 1);
+      if (!gpus.empty()) setenv("CUDA_VISIBLE_DEVICES", join(gpus).c_str(), 1);
+      for (auto& [name, value] : environment) setenv(name.c_str(), value.c_str(), 1);
       std::vector<char*> argv = {const_cast<char*>("moelab")};
       for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
@@ -134,17 +197,19 @@ class LocalPool {
   }
 
   // After training: the spec's evaluation stage, in the slot the job had.
+  // One process on the slot's first GPU; the slot keeps the others until it is done.
   void launch_eval(RunningJob r) {
     const std::string log = job_run_dir(options_.workdir, r.job->id) + "/eval.log";
-    pid_t pid = spawn(eval_arguments(eval_, r.job->id, options_.db_path), log, r.gpu);
-    r.evaluating = true, r.started = Clock::now();
-    running_[pid] = r;
+    const std::vector<int> gpu(r.gpus.begin(), r.gpus.begin() + std::min<size_t>(1, r.gpus.size()));
+    pid_t pid = spawn(eval_arguments(eval_, r.job->id, options_.db_path), log, gpu);
     std::printf("[sweep %s] evaluate %s %s (pid %d, log %s)\n", sweep_.c_str(), r.job->id.c_str(), r.job->config.name.c_str(),
                 pid, log.c_str());
     std::fflush(stdout);
+    add_running(RunningJob{r.job, r.attempts_at_launch, r.gpus, Clock::now(), /*evaluating=*/true, {pid}});
   }
 
-  void record_eval(const RunningJob& r, int status) {
+  void record_eval(const RunningJob& r) {
+    const int status = r.status;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     auto eval_status = store_.query("SELECT eval_status FROM jobs WHERE id = '" + r.job->id + "'");
     // A process that died before recording its outcome (killed, a store it cannot open) would
@@ -161,31 +226,51 @@ class LocalPool {
     std::fflush(stdout);
   }
 
+  // Exit codes a rank can end with while its peers end the same way on their own.
+  static bool expected_exit(int status) {
+    if (!WIFEXITED(status)) return false;
+    const int code = WEXITSTATUS(status);
+    return code == kExitOk || code == kExitInterrupted || code == kExitDiverged;
+  }
+
   void reap() {
     int status = 0;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-      auto it = running_.find(pid);
-      if (it == running_.end()) continue;
-      RunningJob finished = it->second;
-      running_.erase(it);
+      auto leader = leader_of_.find(pid);
+      if (leader == leader_of_.end()) continue;
+      RunningJob& r = running_.at(leader->second);
+      leader_of_.erase(leader);
+      const size_t rank = std::find(r.pids.begin(), r.pids.end(), pid) - r.pids.begin();
+      if (!expected_exit(status) && !r.rank_failed) {
+        // Its peers would wait in their next collective until the timeout: stop them now.
+        r.rank_failed = true, r.status = status, r.log = rank_log(job_run_dir(options_.workdir, r.job->id), int(rank));
+        for (pid_t peer : r.pids)
+          if (peer != pid && leader_of_.count(peer)) kill(-peer, SIGKILL);
+      } else if (rank == 0 && !r.rank_failed) {
+        r.status = status, r.log = rank_log(job_run_dir(options_.workdir, r.job->id), 0);
+      }
+      if (++r.exited < r.pids.size()) continue;
+      RunningJob finished = std::move(r);
+      running_.erase(finished.pids[0]);
       if (finished.evaluating) {
-        record_eval(finished, status);
+        record_eval(finished);
       } else {
-        record(finished, status);
-        const bool trained = WIFEXITED(status) && WEXITSTATUS(status) == kExitOk;
+        record(finished);
+        const bool trained = WIFEXITED(finished.status) && WEXITSTATUS(finished.status) == kExitOk;
         if (trained && eval_.enabled && !stopping_) {
-          launch_eval(finished);
+          launch_eval(std::move(finished));
           continue;
         }
       }
-      if (finished.gpu >= 0) free_gpus_.push_back(finished.gpu);
+      free_gpus_.insert(free_gpus_.end(), finished.gpus.begin(), finished.gpus.end());
     }
   }
 
   // The trainer records done, interrupted and diverged itself; anything else (bad input, a crash,
   // a kill) is recorded here with the end of the job's log.
-  void record(const RunningJob& r, int status) {
+  void record(const RunningJob& r) {
+    const int status = r.status;
     const auto& job = *r.job;
     const bool exited = WIFEXITED(status);
     const int code = exited ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -197,7 +282,7 @@ class LocalPool {
     } else if (exited && code == kExitInterrupted) {
       outcome = "interrupted";
     } else {
-      const std::string log = job_run_dir(options_.workdir, job.id) + "/train.log";
+      const std::string& log = r.log;
       if (!exited || code != kExitDiverged) {
         std::string why = exited ? "exit code " + std::to_string(code) : "killed by signal " + std::to_string(WTERMSIG(status));
         store_.set_job_status(job.id, "failed", why + "; end of " + log + ":\n" + log_tail(log, 20), code);
@@ -217,7 +302,7 @@ class LocalPool {
     stopping_ = true;
     std::printf("[sweep %s] signal %d: telling %zu running jobs to checkpoint and stop\n", sweep_.c_str(),
                 int(stop_signal), running_.size());
-    for (auto& [pid, job] : running_) kill(-pid, SIGTERM);
+    for (auto& [pid, leader] : leader_of_) kill(-pid, SIGTERM);
     queue_.clear(), eval_queue_.clear();
   }
 
@@ -246,7 +331,8 @@ class LocalPool {
   std::vector<double> finished_minutes_;
   Store store_;
   std::deque<const PlannedJob*> queue_, eval_queue_;
-  std::map<pid_t, RunningJob> running_;
+  std::map<pid_t, RunningJob> running_;  // by the pid of rank 0
+  std::map<pid_t, pid_t> leader_of_;     // each running process -> the pid of its job's rank 0
   std::vector<int> free_gpus_;
   bool stopping_ = false;
   int failed_ = 0;

@@ -1,6 +1,9 @@
-// The local executor: a pool of `moelab train` processes on this machine. One job per GPU when
-// GPUs exist (CUDA_VISIBLE_DEVICES), else N concurrent CPU jobs sharing the cores. Each job's
-// config, log and checkpoints live in its run directory; its rows go to the store.
+// The local executor: a pool of `moelab train` processes on this machine. A job is `ranks`
+// data-parallel processes (the launch contract of engine/train/data_parallel.hpp: one per GPU when
+// GPUs exist (CUDA_VISIBLE_DEVICES), else Gloo processes on the CPU); GPUs are handed out `ranks` to
+// a job, and on the CPU N concurrent jobs share the cores. Each job's config, logs (train.log from
+// rank 0, train.rank<r>.log from the others) and checkpoints live in its run directory; its rows go
+// to the store (rank 0 writes them).
 #pragma once
 
 #include <string>
@@ -14,7 +17,8 @@ struct LocalRun {
   std::string db_path;
   std::string workdir;   // run directories are <workdir>/<job id>
   int jobs = 1;          // concurrent jobs
-  int gpus = 0;          // GPUs to hand out, one per job
+  int ranks = 1;         // processes per job
+  int gpus = 0;          // GPUs to hand out, `ranks` per job
   int max_attempts = 3;
   std::string moelab_binary;  // the `moelab` to run jobs with
 };

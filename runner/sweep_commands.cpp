@@ -83,6 +83,27 @@ int visible_gpus() {
   return 0;
 }
 
+// Settles processes per job and concurrent jobs, and refuses ranks a job's batch or the visible GPUs
+// cannot give: a job would otherwise fail at start, after the store has been written.
+void check_local_ranks(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, LocalRun& local) {
+  if (local.ranks < 0) throw std::runtime_error("--ranks " + std::to_string(local.ranks) + ": expected at least 1");
+  if (local.ranks == 0) local.ranks = spec.local.ranks;
+  if (local.gpus > 0 && local.gpus < local.ranks)
+    throw std::runtime_error("local.ranks " + std::to_string(local.ranks) + ": each job needs that many GPUs, and " +
+                             "CUDA_VISIBLE_DEVICES shows " + std::to_string(local.gpus));
+  for (auto& job : jobs) {
+    const auto& t = job.config.train;
+    if (t.accumulation_steps() % local.ranks != 0)
+      throw std::runtime_error("local.ranks " + std::to_string(local.ranks) + ": job " + job.id + " (" + job.config.name +
+                               ") has train.batch_size " + std::to_string(t.batch_size) + " = " +
+                               std::to_string(t.accumulation_steps()) + " micro-batches of " + std::to_string(t.micro_batch) +
+                               ", which do not split evenly over " + std::to_string(local.ranks) + " ranks");
+  }
+  const int gpu_slots = local.gpus / local.ranks;
+  if (local.jobs == 0) local.jobs = spec.local.jobs > 0 ? spec.local.jobs : std::max(1, gpu_slots);
+  if (local.gpus > 0) local.jobs = std::min(local.jobs, gpu_slots);
+}
+
 int run(const std::vector<std::string>& args) {
   std::string spec_path, executor;
   LocalRun local;
@@ -92,19 +113,19 @@ int run(const std::vector<std::string>& args) {
       ("executor", po::value(&executor)->default_value("local"), "local | slurm")
       ("no-wait", "slurm: return once the array is submitted (follow it with `sweep status`)")
       ("jobs", po::value(&local.jobs)->default_value(0), "concurrent local jobs (default: the spec's local.jobs, else 1)")
+      ("ranks", po::value(&local.ranks)->default_value(0), "data-parallel processes per local job (default: the spec's local.ranks)")
       ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
       ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)");
   po::positional_options_description positional;
   positional.add("spec", 1);
   po::variables_map vm;
-  if (!parse_options(args, "sweep run SPEC [--jobs N] [--db FILE] [--workdir DIR]", options, vm, positional)) return 0;
+  if (!parse_options(args, "sweep run SPEC [--jobs N] [--ranks N] [--db FILE] [--workdir DIR]", options, vm, positional)) return 0;
   if (executor != "local" && executor != "slurm") throw std::runtime_error("--executor " + executor + ": expected local or slurm");
   auto spec = load_sweep_spec(spec_path);
   auto jobs = expand(spec);  // a bad spec fails here, before the store is touched
   if (local.workdir.empty()) local.workdir = "runs/" + spec.name;
   local.gpus = visible_gpus();
-  if (local.jobs == 0) local.jobs = spec.local.jobs > 0 ? spec.local.jobs : std::max(1, local.gpus);
-  if (local.gpus > 0) local.jobs = std::min(local.jobs, local.gpus);
+  if (executor == "local") check_local_ranks(jobs, spec, local);
   local.max_attempts = spec.max_attempts;
   local.moelab_binary = std::filesystem::read_symlink("/proc/self/exe").string();
   {

@@ -257,9 +257,11 @@ SweepSpec parse_sweep_spec(const json& j) {
     const json& local = j["local"];
     if (!local.is_object()) fail("local", "expected an object");
     for (auto& [key, value] : local.items()) {
-      if (key != "jobs") fail("local." + key, "unknown key" + did_you_mean(key, {"jobs"}));
-      if (!value.is_number_integer() || value.get<int>() < 0) fail("local.jobs", "expected an integer >= 0, got " + value.dump());
-      spec.local.jobs = value;
+      if (key != "jobs" && key != "ranks") fail("local." + key, "unknown key" + did_you_mean(key, {"jobs", "ranks"}));
+      const int least = key == "ranks" ? 1 : 0;
+      if (!value.is_number_integer() || value.get<int>() < least)
+        fail("local." + key, "expected an integer >= " + std::to_string(least) + ", got " + value.dump());
+      (key == "ranks" ? spec.local.ranks : spec.local.jobs) = value;
     }
   }
   if (j.contains("eval")) spec.eval = parse_eval_stage(j["eval"]);

@@ -6,7 +6,7 @@
 //    "zip": [{"model.experts": [32, 64], "model.top_k": [4, 8]}],            lists that vary together
 //    "include": [{"model.router": "dense"}],                                 extra jobs (dotted paths)
 //    "exclude": [{"model.router": "kern", "seed": 2}],                       drop matching jobs
-//    "max_attempts": 3, "local": {"jobs": 2}, "slurm": {...}}
+//    "max_attempts": 3, "local": {"jobs": 2, "ranks": 1}, "slurm": {...}}
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -18,7 +18,8 @@
 namespace moelab {
 
 struct LocalOptions {
-  int jobs = 0;  // concurrent jobs; 0: one per GPU, else 1 on CPU
+  int jobs = 0;   // concurrent jobs; 0: one per `ranks` GPUs, else 1 on CPU
+  int ranks = 1;  // data-parallel processes per job: one per GPU, or Gloo processes sharing the cores
 };
 
 // The evaluation stage of each job: lm-eval on its final checkpoint once training is done.

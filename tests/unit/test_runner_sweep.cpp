@@ -1,5 +1,6 @@
 // Sweep specs: expansion counts, stable ids, duplicates, malformed specs (with the message and no
-// store writes), and the local executor end to end with a failing job and a job killed halfway.
+// store writes), and the local executor end to end with a failing job and a job killed halfway, and
+// with data-parallel jobs of two processes.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -258,6 +259,76 @@ TEST_F(SweepCli, LocalExecutorSurvivesAFailureAndAKillAndResumes) {
 
 
 // SIGTERM to the runner reaches its jobs: they checkpoint, are marked interrupted, and it exits 75.
+// A job of two Gloo processes (local.ranks) trains on the global batch one process would take:
+// the same loss at every step. Ranks that a job's batch cannot split are refused before anything runs.
+TEST_F(SweepCli, LocalJobOnTwoRanksMatchesOneProcess) {
+  auto j = tiny_sweep(20);
+  j["name"] = "ranks", j["axes"] = {{"seed", {0}}};
+  j.erase("include");
+  j["local"] = {{"ranks", 2}};
+  const std::string spec = write(j, "ranks.json");
+  auto sweep = [&](const std::string& name, const std::string& options) {
+    return run_moelab("sweep run " + spec + options + " --db " + (root_ / (name + ".db")).string() + " --workdir " +
+                      (root_ / name).string());
+  };
+  auto losses = [&](const std::string& name) {
+    return Store((root_ / (name + ".db")).string()).query("SELECT step, loss FROM metrics WHERE split = 'train' ORDER BY step");
+  };
+  auto two = sweep("two_ranks", "");
+  ASSERT_EQ(two.code, 0) << two.output;
+  auto one = sweep("one_rank", " --ranks 1");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto a = losses("two_ranks"), b = losses("one_rank");
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(std::stod(a[i][1]), std::stod(b[i][1]), 1e-4 * std::stod(b[i][1])) << "step " << a[i][0];
+  Store two_store((root_ / "two_ranks.db").string());
+  EXPECT_EQ(two_store.query("SELECT count(*) FROM events WHERE message LIKE '% on 2 data-parallel ranks%'")[0][0], "1");
+  EXPECT_TRUE(fs::exists(root_ / "two_ranks" / two_store.query("SELECT id FROM jobs")[0][0] / "train.rank1.log"));
+
+  auto three = sweep("three_ranks", " --ranks 3");
+  EXPECT_EQ(three.code, 2) << three.output;
+  EXPECT_NE(three.output.find("which do not split evenly over 3 ranks"), std::string::npos) << three.output;
+  EXPECT_FALSE(fs::exists(root_ / "three_ranks.db"));
+}
+
+// Killing one process of a two-rank job fails the job with that process's cause, and the runner,
+// which waits for every rank of a job, finishes. (A Gloo peer sees the closed connection and exits;
+// one that would wait out its collective's timeout, as NCCL can, is killed by the runner.)
+TEST_F(SweepCli, ARankKilledFailsItsJobAndTheRunnerFinishes) {
+  auto j = tiny_sweep(100000);
+  j["name"] = "rank_killed", j["axes"] = {{"seed", {0}}};
+  j.erase("include");
+  j["local"] = {{"ranks", 2}};
+  const std::string store = (root_ / "rank_killed.db").string();
+  const std::string spec = write(j, "rank_killed.json"), workdir = (root_ / "rank_killed").string();
+  pid_t runner = fork();
+  if (runner == 0) {
+    freopen((root_ / "rank_killed.log").c_str(), "w", stdout);
+    execl(MOELAB_BIN, MOELAB_BIN, "sweep", "run", spec.c_str(), "--db", store.c_str(), "--workdir", workdir.c_str(),
+          (char*)nullptr);
+    _exit(127);
+  }
+  std::string rank0;
+  for (int i = 0; i < 1200 && rank0.empty(); ++i, usleep(50000)) {
+    if (!fs::exists(store)) continue;
+    auto rows = Store(store).query(
+        "SELECT j.executor_id FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE p.status = 'running' AND p.step >= 3");
+    if (!rows.empty()) rank0 = rows[0][0];
+  }
+  ASSERT_FALSE(rank0.empty()) << "the job did not start";
+  kill(std::stoi(rank0), SIGKILL);
+  int status = 0;
+  for (int i = 0; i < 600 && waitpid(runner, &status, WNOHANG) == 0; ++i) usleep(100000);
+  if (kill(runner, 0) == 0) kill(runner, SIGKILL), waitpid(runner, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "the runner did not finish within 60 s of the kill";
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  Store s(store);
+  EXPECT_EQ(s.query("SELECT status FROM jobs")[0][0], "failed");
+  EXPECT_NE(s.query("SELECT error FROM jobs")[0][0].find("killed by signal 9"), std::string::npos);
+}
+
 TEST_F(SweepCli, SigtermToTheRunnerInterruptsItsJobs) {
   auto j = tiny_sweep(100000);
   j["name"] = "long", j["axes"] = {{"seed", {0, 1}}};
