@@ -117,7 +117,7 @@ environment() {
 }
 
 side_by_side() {
-  mkdir -p runs/side-by-side && cp -r "$BUNDLE/side-by-side-data" runs/side-by-side/data
+  mkdir -p runs/side-by-side/data && cp "$BUNDLE"/side-by-side-data/* runs/side-by-side/data/
   PYTHONUNBUFFERED=1 python3 bench/side_by_side.py "$@"
 }
 

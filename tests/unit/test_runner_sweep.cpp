@@ -106,6 +106,7 @@ std::vector<Malformed> malformed_specs() {
       {with([](json& j) { j["exclude"] = {{{"sed", 1}}}; }), "exclude[0].sed: unknown config path (did you mean \"seed\"?)"},
       {with([](json& j) { j["max_attempts"] = 0; }), "max_attempts: expected a positive integer, got 0"},
       {with([](json& j) { j["local"] = {{"job", 2}}; }), "local.job: unknown key (did you mean \"jobs\"?)"},
+      {with([](json& j) { j["local"] = {{"ranks", 0}}; }), "local.ranks: expected an integer >= 1, got 0"},
       {with([](json& j) { j["slurm"] = {{"gpu", 1}}; }), "slurm.gpu: unknown key (did you mean \"gpus\"?)"},
       {with([](json& j) { j["eval"] = {{"tasks", {"piqa", "hellaswg"}}}; }),
        "eval.tasks[1]: unknown task \"hellaswg\" (did you mean \"hellaswag\"?)"},
