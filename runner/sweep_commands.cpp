@@ -92,12 +92,12 @@ void check_local_ranks(const std::vector<PlannedJob>& jobs, const SweepSpec& spe
     throw std::runtime_error("local.ranks " + std::to_string(local.ranks) + ": each job needs that many GPUs, and " +
                              "CUDA_VISIBLE_DEVICES shows " + std::to_string(local.gpus));
   for (auto& job : jobs) {
-    const auto& t = job.config.train;
-    if (t.accumulation_steps() % local.ranks != 0)
+    try {
+      job.config.train.micro_batches_per_rank(local.ranks);
+    } catch (const ConfigError& e) {
       throw std::runtime_error("local.ranks " + std::to_string(local.ranks) + ": job " + job.id + " (" + job.config.name +
-                               ") has train.batch_size " + std::to_string(t.batch_size) + " = " +
-                               std::to_string(t.accumulation_steps()) + " micro-batches of " + std::to_string(t.micro_batch) +
-                               ", which do not split evenly over " + std::to_string(local.ranks) + " ranks");
+                               "): " + e.what());
+    }
   }
   const int gpu_slots = local.gpus / local.ranks;
   if (local.jobs == 0) local.jobs = spec.local.jobs > 0 ? spec.local.jobs : std::max(1, gpu_slots);

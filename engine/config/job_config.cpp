@@ -386,4 +386,13 @@ std::string JobConfig::hash() const {
   return sha256_hex(identity.dump()).substr(0, 16);
 }
 
+int TrainConfig::micro_batches_per_rank(int ranks) const {
+  if (accumulation_steps() % ranks != 0)
+    throw ConfigError("train.batch_size: " + std::to_string(batch_size) + " sequences per step do not split into " +
+                      std::to_string(ranks) + " ranks x whole micro-batches of " + std::to_string(micro_batch) + " (" +
+                      std::to_string(accumulation_steps()) + " micro-batches, which do not split evenly over " +
+                      std::to_string(ranks) + " ranks; batch_size must be a multiple of ranks x micro_batch)");
+  return accumulation_steps() / ranks;
+}
+
 }  // namespace moelab

@@ -77,6 +77,10 @@ struct TrainConfig {
   int threads = 0;                 // CPU intra-op threads; 0 keeps LibTorch's default
 
   int accumulation_steps() const { return batch_size / micro_batch; }
+  // Each of `ranks` data-parallel processes trains on a contiguous share of a step's micro-batches,
+  // so together they see exactly the micro-batches one process would. Throws ConfigError when the
+  // micro-batches do not split evenly.
+  int micro_batches_per_rank(int ranks) const;
 };
 
 struct DataConfig {

@@ -41,16 +41,6 @@ torch::Device pick_device(const TrainConfig& t, const LaunchRank& launch) {
   return torch::kCPU;
 }
 
-// Each rank trains on a contiguous share of a step's micro-batches, so the ranks together see
-// exactly the micro-batches one process would.
-int micro_batches_per_rank(const TrainConfig& t, const LaunchRank& launch) {
-  if (t.accumulation_steps() % launch.world_size != 0)
-    throw ConfigError("train.batch_size: " + std::to_string(t.batch_size) + " sequences per step do not split into " +
-                      std::to_string(launch.world_size) + " ranks x whole micro-batches of " +
-                      std::to_string(t.micro_batch) + " (batch_size must be a multiple of world size x micro_batch)");
-  return t.accumulation_steps() / launch.world_size;
-}
-
 // Both token files open and agree with the config; throws naming the file otherwise.
 void check_data(const JobConfig& c, const TokenFile& file, const std::string& field) {
   if (file.tokenizer() != c.data.tokenizer)
@@ -104,7 +94,7 @@ class Trainer {
         val_file_(c.data.val),
         batches_(c, train_file_, val_file_),
         device_(pick_device(c.train, launch)),
-        micro_batches_(micro_batches_per_rank(c.train, launch)) {
+        micro_batches_(c.train.micro_batches_per_rank(launch.world_size)) {
     check_data(c, train_file_, "data.train");
     check_data(c, val_file_, "data.val");
     if (c.train.threads > 0) torch::set_num_threads(c.train.threads);

@@ -259,7 +259,6 @@ TEST_F(SweepCli, LocalExecutorSurvivesAFailureAndAKillAndResumes) {
 }
 
 
-// SIGTERM to the runner reaches its jobs: they checkpoint, are marked interrupted, and it exits 75.
 // A job of two Gloo processes (local.ranks) trains on the global batch one process would take:
 // the same loss at every step. Ranks that a job's batch cannot split are refused before anything runs.
 TEST_F(SweepCli, LocalJobOnTwoRanksMatchesOneProcess) {
@@ -330,6 +329,7 @@ TEST_F(SweepCli, ARankKilledFailsItsJobAndTheRunnerFinishes) {
   EXPECT_NE(s.query("SELECT error FROM jobs")[0][0].find("killed by signal 9"), std::string::npos);
 }
 
+// SIGTERM to the runner reaches its jobs: they checkpoint, are marked interrupted, and it exits 75.
 TEST_F(SweepCli, SigtermToTheRunnerInterruptsItsJobs) {
   auto j = tiny_sweep(100000);
   j["name"] = "long", j["axes"] = {{"seed", {0, 1}}};
