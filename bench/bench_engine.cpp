@@ -2,12 +2,13 @@
 // what softmax costs), the MoE layer, and a whole training step of the demo configuration. Where a
 // CUDA device is visible the routers and the paper's MoE layer also run there (names ending in
 // /cuda), timed in real time with a device sync per iteration.
-// Run: build/bench_engine [--benchmark_filter=Router]
+// Run: build/bench/bench_engine [--benchmark_filter=Router]
 #include <benchmark/benchmark.h>
 
 #include "engine/config/job_config.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
+#include "engine/train/heap.hpp"
 #include "engine/train/optimizer.hpp"
 
 using namespace moelab;
@@ -152,6 +153,7 @@ BENCHMARK_CAPTURE(DemoTrainStep, softmax, std::string("softmax"))->Unit(benchmar
 BENCHMARK_CAPTURE(DemoTrainStep, dense, std::string("dense"))->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
+  keep_large_blocks_in_heap();  // as in moelab itself, so CPU figures are not page-fault bound
   if (torch::cuda::is_available()) register_cuda_benchmarks();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -5,9 +5,10 @@
 
 The engine's ops for 8192 tokens (one 8 x 1024 micro-batch), d 768, 64 experts, top-8, size 384, in
 bf16 autocast as in training, written again in Python: the softmax and KERN routers alone, and the
-expert computation with biases gathered per row (as the engine did) and with each bias as an extra
-weight row of its matmul (as it does now). Prints, for each, the GPU time of one forward+backward
-and the kernels that take most of it. Kernel times are the GPU's own, so Python's launch overhead
+expert computation with tokens gathered and combined by scatter-add (index_add, as the engine did)
+and by the slot permutation of engine/model/slot_dispatch.cpp (gathers and dense sums only, as it
+does now). Prints, for each, the GPU time of one forward+backward and the kernels that take most
+of it. Kernel times are the GPU's own, so Python's launch overhead
 does not enter them.
 """
 import argparse
@@ -43,20 +44,55 @@ def bias_row(w, b, rows):
     return torch.cat([w, b.unsqueeze(1), w.new_zeros(w.shape[0], rows - w.shape[1] - 1, w.shape[2])], 1)
 
 
-def experts(x, index, gate, p, bias_in_matmul):
-    order = index.flatten().sort(stable=True).indices
-    token = order // K
-    rows = x.index_select(0, token).bfloat16()
-    counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, index.flatten(), torch.ones_like(index.flatten()))
-    offsets = counts.cumsum(0).int()
+class GatherSlots(torch.autograd.Function):
+    """rows[p] = x[token_of_position[p]]; backward: each token sums its k slots' gradients."""
+
+    @staticmethod
+    def forward(ctx, x, token_of_position, position_of_slot):
+        ctx.save_for_backward(position_of_slot)
+        return x.index_select(0, token_of_position)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (position_of_slot,) = ctx.saved_tensors
+        return grad.index_select(0, position_of_slot).view(-1, K, grad.shape[1]).sum(1), None, None
+
+
+class CombineSlots(torch.autograd.Function):
+    """out[t] = sum_j gate[t, j] * rows[position of slot t*K + j], as a batch of 1 x K by K x D products."""
+
+    @staticmethod
+    def forward(ctx, rows, gate, token_of_position, slot_of_position, position_of_slot):
+        by_token = rows.index_select(0, position_of_slot).view(-1, K, rows.shape[1])
+        ctx.save_for_backward(by_token, gate, token_of_position, slot_of_position)
+        return torch.bmm(gate.to(rows.dtype).unsqueeze(1), by_token).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        by_token, gate, token_of_position, slot_of_position = ctx.saved_tensors
+        grad = grad.to(by_token.dtype)
+        grad_rows = grad.index_select(0, token_of_position) * gate.flatten()[slot_of_position].to(grad.dtype).unsqueeze(1)
+        grad_gate = torch.bmm(by_token, grad.unsqueeze(2)).squeeze(2).to(gate.dtype)
+        return grad_rows, grad_gate, None, None, None
+
+
+def expert_matmuls(rows, offsets, p):
     w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
-    if bias_in_matmul:
-        h = torch._grouped_mm(ones_column(rows, pad8(D + 1)), bias_row(w_in, b_in, pad8(D + 1)), offsets)
-        y = torch._grouped_mm(ones_column(F.gelu(h), pad8(H + 1)), bias_row(w_out, b_out, pad8(H + 1)), offsets)
-    else:
-        expert = index.flatten()[order]
-        h = torch._grouped_mm(rows, w_in, offsets) + b_in.index_select(0, expert)
-        y = torch._grouped_mm(F.gelu(h), w_out, offsets) + b_out.index_select(0, expert)
+    h = torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets)
+    return torch._grouped_mm(ones_column(F.gelu(h), pad8(H + 1)), bias_row(w_out, b_out, pad8(H + 1)), offsets)
+
+
+def experts(x, index, gate, p, slots):
+    flat = index.flatten()
+    order = flat.sort(stable=True).indices
+    token = order // K
+    counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+    offsets = counts.cumsum(0).int()
+    if slots:
+        position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
+        rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position)
+        return CombineSlots.apply(expert_matmuls(rows, offsets, p), gate, token, order, position).float()
+    y = expert_matmuls(ones_column(x.index_select(0, token).bfloat16(), pad8(D + 1)), offsets, p)
     y = y.float() * gate.flatten()[order].unsqueeze(1)
     return torch.zeros_like(x).index_add_(0, token, y)
 
@@ -93,16 +129,16 @@ def main():
             _, gate = route(x, proj, gamma, kind)
         gate.sum().backward()
 
-    def layer_step(bias_in_matmul):
+    def layer_step(slots):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             index, gate = route(x, proj, gamma, "kern")
-            out = experts(x, index, gate, p, bias_in_matmul)
+            out = experts(x, index, gate, p, slots)
         out.sum().backward()
 
     measure("router softmax", lambda: router_step("softmax"))
     measure("router kern", lambda: router_step("kern"))
-    measure("layer, biases gathered per row (the engine before)", lambda: layer_step(False))
-    measure("layer, biases as a weight row (the engine)", lambda: layer_step(True))
+    measure("layer, scatter-add dispatch and combine (the engine before)", lambda: layer_step(False))
+    measure("layer, slot dispatch: gathers and dense sums (the engine)", lambda: layer_step(True))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ model at sequence length 1024 in bf16 when a CUDA device is visible. The engine 
 `moelab train` on GPT-2 tokens of the Austen corpus; its tokens/s are the ones it records in its
 store for each logging interval (training only), the first interval left out as warm-up. The
 PyTorch side times the same loop (micro-batches, clipping, AdamW) after the same warm-up. Each side
-runs --repeats times; min, median and max are printed, and the ratios of the medians and of the
-best runs.
+runs --repeats times, the sides interleaved; min, median and max are printed, and the ratios of the
+medians and of the best runs.
+
+--before-bin PATH adds a side "before": `moelab` built from an earlier commit, to measure an engine
+change against its predecessor in the same run (--sides engine,before skips the PyTorch sides).
 """
 import argparse
 import json
@@ -162,10 +165,10 @@ def model_sizes(config_path):
 
 # ---------------------------------------------------------------- the two sides
 
-def engine_tokens_per_s(config_path, steps, work, run):
+def engine_tokens_per_s(binary, config_path, steps, work, run):
     db = work / f"engine-{run}.db"
     db.unlink(missing_ok=True)
-    subprocess.run([MOELAB, "train", "--quiet", "--config", config_path, "--db", db, "--run-dir", work / f"engine-{run}",
+    subprocess.run([binary, "train", "--quiet", "--config", config_path, "--db", db, "--run-dir", work / f"engine-{run}",
                     "--set", f"train.steps={steps}", "--set", f"train.log_every={LOG_EVERY}",
                     "--set", f"train.eval_every={steps}", "--set", f"train.checkpoint_every={steps}",
                     "--set", "train.eval_batches=1"], check=True)
@@ -229,7 +232,10 @@ def main():
     parser.add_argument("--config", help="job config (default: demo-tiny on CPU, the 125M 64-8-384 model on GPU)")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run, the first 10 warm-up")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
+    parser.add_argument("--sides", default="engine,eager,compile",
+                        help="comma-separated, in the order each repeat runs them: engine, before, eager, compile "
+                             "(default engine,eager,compile, and before when --before-bin is given)")
+    parser.add_argument("--before-bin", type=Path, help="moelab built from an earlier commit: the side 'before'")
     parser.add_argument("--batch-size", type=int, help="sequences per optimizer step (train.batch_size), both sides")
     parser.add_argument("--micro-batch", type=int, help="sequences per forward pass (train.micro_batch), both sides")
     args = parser.parse_args()
@@ -237,6 +243,14 @@ def main():
         sys.exit(f"{MOELAB} is missing: build it first (cmake --build build --target moelab)")
     if args.steps <= 2 * LOG_EVERY:
         sys.exit(f"--steps must exceed {2 * LOG_EVERY}: the first {LOG_EVERY} steps are warm-up")
+    sides = args.sides.split(",")
+    if args.before_bin and "before" not in sides:
+        sides.insert(1, "before")
+    unknown = set(sides) - {"engine", "before", "eager", "compile"}
+    if unknown or "engine" not in sides:
+        sys.exit(f"--sides {args.sides}: choose among engine, before, eager, compile, engine included")
+    if "before" in sides and not (args.before_bin and args.before_bin.exists()):
+        sys.exit(f"the side 'before' needs --before-bin naming an existing moelab binary (got {args.before_bin})")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = json.loads((ROOT / "sweeps/jobs/demo-tiny.json").read_text())
@@ -260,34 +274,33 @@ def main():
     print(f"device: {name}; torch {torch.__version__}; model {config['model']}; "
           f"batch {config['train']['batch_size']} x seq {config['model']['seq_len']}")
 
-    results = {"engine": [], "eager": [], "compile": []}
+    results = {side: [] for side in sides}
+    parameters = None
     for run in range(args.repeats):
-        results["engine"].append(engine_tokens_per_s(config_path, args.steps, work, run))
-        print(f"run {run}: engine {results['engine'][-1]:.0f} tokens/s", flush=True)
-        eager, parameters = pytorch_tokens_per_s(config, data, args.steps, False, device)
-        results["eager"].append(eager)
-        print(f"run {run}: eager {eager:.0f} tokens/s", flush=True)
-        if not args.no_compile:
-            results["compile"].append(pytorch_tokens_per_s(config, data, args.steps, True, device)[0])
-            print(f"run {run}: compile {results['compile'][-1]:.0f} tokens/s", flush=True)
+        for side in sides:
+            if side in ("engine", "before"):
+                binary = MOELAB if side == "engine" else args.before_bin
+                results[side].append(engine_tokens_per_s(binary, config_path, args.steps, work, run))
+            else:
+                tokens_per_s, parameters = pytorch_tokens_per_s(config, data, args.steps, side == "compile", device)
+                results[side].append(tokens_per_s)
+            print(f"run {run}: {side} {results[side][-1]:.0f} tokens/s", flush=True)
 
-    if parameters != sizes["total_params"]:
-        sys.exit(f"parameter counts differ: engine {sizes['total_params']}, PyTorch {parameters}")
-    print(f"parameters: {parameters} in both (engine: moelab params)")
+    if parameters is not None:
+        if parameters != sizes["total_params"]:
+            sys.exit(f"parameter counts differ: engine {sizes['total_params']}, PyTorch {parameters}")
+        print(f"parameters: {parameters} in both (engine: moelab params)")
     for side, values in results.items():
-        if values:
-            print(f"{side:8s} tokens/s  {summary(values)}")
+        print(f"{side:8s} tokens/s  {summary(values)}")
     # Medians, and the best runs (least disturbed by whatever else the machine was doing).
     engine = statistics.median(results["engine"])
-    for other in ("eager", "compile"):
-        if results[other]:
-            print(f"engine / {other:7s} {engine / statistics.median(results[other]):.2f}x (medians), "
-                  f"{max(results['engine']) / max(results[other]):.2f}x (best runs)")
+    for other in (side for side in sides if side != "engine"):
+        print(f"engine / {other:7s} {engine / statistics.median(results[other]):.3f}x (medians), "
+              f"{max(results['engine']) / max(results[other]):.3f}x (best runs)")
     if device.type == "cuda":  # model FLOPs (moelab params: 6 x active matmul parameters + attention)
         for side, values in results.items():
-            if values:
-                mfu = sizes["flops_per_token"] * statistics.median(values) / 989e12
-                print(f"{side:8s} MFU {mfu:.1%} of 989 TFLOP/s (H100/H200 bf16 dense)")
+            mfu = sizes["flops_per_token"] * statistics.median(values) / 989e12
+            print(f"{side:8s} MFU {mfu:.1%} of 989 TFLOP/s (H100/H200 bf16 dense)")
 
 
 if __name__ == "__main__":

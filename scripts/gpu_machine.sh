@@ -7,6 +7,9 @@
 #       writes .gpu/ (git-ignored, about 45 MB): the Debian packages the build and the binaries need
 #       (.gpu/debs), the GPT-2 ranks, the side-by-side GPT-2 data, and this machine's build of moelab,
 #       bench_engine and test_cuda_path (.gpu/bin: the venv's torch is the same 2.11.0+cu130 wheel).
+#     MOELAB_BEFORE=DIR bash scripts/gpu_machine.sh bundle
+#       the same, plus moelab and bench_engine from DIR (built from an earlier commit) in
+#       .gpu/bin-before, which the stage before_after measures against this build in the same run.
 #   There, in a copy of the checkout with .gpu/ in it:
 #     bash scripts/gpu_machine.sh build
 #       unpacks .gpu/debs into a prefix (/tmp/moelab-prefix) and builds build-gpu/ from source against
@@ -37,6 +40,10 @@ bundle() {
   rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"/{debs,bin,assets}
   (cd "$BUNDLE/debs" && apt-get download "${RUNTIME_DEBS[@]}" "${BUILD_DEBS[@]}") || die "apt-get download failed"
   for b in build/moelab build/bench/bench_engine build/tests/test_cuda_path; do strip -o "$BUNDLE/bin/$(basename "$b")" "$b"; done
+  if [[ -n ${MOELAB_BEFORE:-} ]]; then
+    mkdir -p "$BUNDLE/bin-before"
+    for b in moelab bench_engine; do strip -o "$BUNDLE/bin-before/$b" "$MOELAB_BEFORE/$b" || die "no $MOELAB_BEFORE/$b"; done
+  fi
   cp .assets/gpt2.tiktoken "$BUNDLE/assets/"
   build/moelab data prepare --corpus austen --tokenizer gpt2 --out "$BUNDLE/side-by-side-data" >/dev/null || die "data prepare failed"
   log "wrote $(du -sh "$BUNDLE" | cut -f1) to $BUNDLE"
@@ -89,7 +96,13 @@ use_binaries() {
     BIN_MOELAB=$PREFIX/wrappers/moelab BIN_BENCH=$PREFIX/wrappers/bench_engine BIN_TEST=$PREFIX/wrappers/test_cuda_path
     LD_LIBRARY_PATH=$LIBDIR:$torch/lib ldd "$BUNDLE/bin/moelab" | grep "not found" && die "unresolved libraries"
   fi
-  export MOELAB_ASSETS=$BUNDLE/assets MOELAB_BIN=$BIN_MOELAB
+  if [[ -d $BUNDLE/bin-before ]]; then
+    unpack_debs
+    local torch; torch=$(torch_dir) || die "python3 has no torch"
+    for b in moelab bench_engine; do write_wrapper "$b-before" "$BUNDLE/bin-before/$b" "$LIBDIR:$torch/lib"; done
+    BIN_BEFORE_MOELAB=$PREFIX/wrappers/moelab-before BIN_BEFORE_BENCH=$PREFIX/wrappers/bench_engine-before
+  fi
+  export MOELAB_ASSETS=$BUNDLE/assets MOELAB_BIN=$BIN_MOELAB BIN_BENCH BIN_BEFORE_BENCH=${BIN_BEFORE_BENCH:-}
   log "binaries: $BIN_MOELAB"
 }
 
@@ -121,8 +134,20 @@ side_by_side() {
   PYTHONUNBUFFERED=1 python3 bench/side_by_side.py "$@"
 }
 
+# The paper's MoE layer and the two routers with the earlier build and this one, alternately.
+layer_before_after() {
+  for round in 1 2; do
+    for bench in "$BIN_BEFORE_BENCH" "$BIN_BENCH"; do
+      echo "round $round: $bench"
+      "$bench" --benchmark_filter='MoeLayerForwardBackward/grouped_mm/cuda|RouterForwardBackward/(softmax|kern)/cuda' \
+        --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+    done
+  done
+}
+
 # Stages, in order; `check OUT SECONDS STAGE...` runs the ones named.
-ALL_STAGES=(cuda_tests router_bench profile side_by_side engine_micro_batch_32 source_build)
+ALL_STAGES=(cuda_tests router_bench profile before_after layer_before_after side_by_side engine_micro_batch_32
+  source_build)
 
 check() {
   OUT=${1:-$ROOT/gpu-results} DEADLINE=$((SECONDS + ${2:-540}))
@@ -144,6 +169,12 @@ check() {
         stage router_bench 120 "$BIN_BENCH" --benchmark_filter=cuda --benchmark_repetitions=3 \
           --benchmark_report_aggregates_only=true ;;
       profile) stage profile 90 python3 bench/profile_moe_layer.py ;;
+      before_after | layer_before_after)  # only with .gpu/bin-before (MOELAB_BEFORE at bundle time)
+        if [[ -z ${BIN_BEFORE_MOELAB:-} ]]; then log "skip $name: no .gpu/bin-before"
+        elif [[ $name == before_after ]]; then
+          stage before_after 240 side_by_side --steps 40 --repeats 2 --batch-size 16 --micro-batch 16 \
+            --sides engine,before --before-bin "$BIN_BEFORE_MOELAB"
+        else stage layer_before_after 150 layer_before_after; fi ;;
       side_by_side) stage side_by_side 300 side_by_side --steps 40 --repeats 1 --batch-size 16 --micro-batch 16 ;;
       engine_micro_batch_32)  # the engine alone at twice the micro-batch (side_by_side wrote the 125M config)
         stage engine_micro_batch_32 90 "$BIN_MOELAB" train --config runs/side-by-side/config.json --db /tmp/mb32.db \
@@ -165,7 +196,7 @@ summary() {
     [[ -f $OUT/$name.log ]] || continue
     echo "---- $name"
     if [[ $name == source_build ]]; then tail -3 "$OUT/$name.log"; continue; fi
-    grep -E "PASSED|FAILED|_median|tokens/s|x \(medians\)|MFU|step [0-9]+/|NVIDIA|^torch|Error|GPU time|^  " "$OUT/$name.log" | tail -40
+    grep -E "PASSED|FAILED|^round|_median|tokens/s|x \(medians\)|MFU|step [0-9]+/|NVIDIA|^torch|Error|GPU time|^  " "$OUT/$name.log" | tail -40
   done
 }
 
@@ -175,6 +206,7 @@ case ${1:-} in
   check) shift; check "$@" ;;
   environment) environment ;;
   side_by_side) shift; side_by_side "$@" ;;
+  layer_before_after) layer_before_after ;;
   summary) OUT=${2:-$ROOT/gpu-results} summary ;;
   *) sed -n '2,/^set /{/^set /d;p}' "${BASH_SOURCE[0]}"; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 
-#include "engine/model/router.hpp"
+#include "engine/model/slot_dispatch.hpp"
 
 namespace moelab {
 namespace {
@@ -49,18 +49,17 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
 
 torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const torch::Tensor& expert_index,
                                                const torch::Tensor& gate, ExpertKernel kernel) {
-  const int64_t experts = w_in.size(0), k = expert_index.size(1);
-  // Sort the T*k (token, expert) slots by expert; a stable sort keeps token order within a group.
-  auto flat_expert = expert_index.flatten();
-  auto order = std::get<1>(flat_expert.sort(/*stable=*/std::optional<bool>(true), /*dim=*/0));
-  auto token_of_slot = order.div(k, "floor");
-  auto gate_of_slot = gate.flatten().index_select(0, order).to(x.dtype());
-  auto rows = x.index_select(0, token_of_slot);
-  auto counts = count_per_expert(flat_expert, experts);  // group sizes, computed on the device
-  auto grouped_y = kernel == ExpertKernel::GroupedMm ? grouped_mm(rows, counts) : per_expert_loop(rows, counts);
-  // Under autocast the expert matmuls return bf16; the combine runs in the residual stream's dtype.
-  grouped_y = grouped_y.to(x.scalar_type()) * gate_of_slot.unsqueeze(1);
-  return torch::zeros_like(x).index_add_(0, token_of_slot, grouped_y);
+  auto layout = sort_slots_by_expert(expert_index, w_in.size(0));
+  torch::Tensor y;
+  if (kernel == ExpertKernel::GroupedMm) {
+    // The cast and the bias column happen on the T token rows, before the gather makes k copies.
+    const auto dtype = x.is_cuda() ? torch::kBFloat16 : x.scalar_type();  // the CPU runs ATen's fp32 loop
+    y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout), layout.counts);
+  } else {
+    y = per_expert_loop(gather_slots(x, layout), layout.counts);
+  }
+  // Under autocast the experts return bf16: mixed in bf16, handed back in the residual stream's dtype.
+  return combine_slots(y, gate, layout).narrow(1, 0, x.size(1)).to(x.scalar_type());
 }
 
 torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts) {
@@ -83,16 +82,14 @@ torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torc
 // and output dimensions are padded with zeros to multiples of 8, which changes no result (zero
 // inputs times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
 torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts) {
-  const auto dtype = rows.is_cuda() ? torch::kBFloat16 : rows.scalar_type();  // the CPU runs ATen's fp32 loop
-  const int64_t d = w_in.size(1), h = w_in.size(2);
-  const int64_t d_in = round_up_to_8(d + 1), h_in = round_up_to_8(h + 1);
+  const auto dtype = rows.scalar_type();
+  const int64_t d = w_in.size(1), h = w_in.size(2), h_in = round_up_to_8(h + 1);
   auto offsets = counts.cumsum(0).to(torch::kInt32);
-  auto hidden = at::_grouped_mm(with_ones_column(rows.to(dtype), d_in),
-                                with_bias_row(w_in.to(dtype), b_in.to(dtype), d_in, round_up_to_8(h)), offsets);
+  auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), round_up_to_8(h)),
+                                offsets);
   auto activation = torch::gelu(hidden.narrow(1, 0, h));
-  auto y = at::_grouped_mm(with_ones_column(activation, h_in),
-                           with_bias_row(w_out.to(dtype), b_out.to(dtype), h_in, round_up_to_8(d)), offsets);
-  return y.narrow(1, 0, d);
+  return at::_grouped_mm(with_ones_column(activation, h_in),
+                         with_bias_row(w_out.to(dtype), b_out.to(dtype), h_in, round_up_to_8(d)), offsets);
 }
 
 }  // namespace moelab

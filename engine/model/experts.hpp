@@ -31,8 +31,10 @@ class ExpertsImpl : public torch::nn::Module {
   torch::Tensor w_in, b_in, w_out, b_out;  // [E, d, h], [E, h], [E, h, d], [E, d]
 
  private:
-  // Rows grouped by expert (counts [E] on the device).
+  // Rows grouped by expert (counts [E] on the device); the result's rows match them.
   torch::Tensor per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts);
+  // Rows with the bias column of ones and zero padding already appended (with_ones_column); the
+  // result's columns are zero-padded to a multiple of 8.
   torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts);
 };
 TORCH_MODULE(Experts);
