@@ -4,12 +4,13 @@
     python3 bench/profile_moe_layer.py [--tokens 8192]
 
 The engine's ops for 8192 tokens (one 8 x 1024 micro-batch), d 768, 64 experts, top-8, size 384, in
-bf16 autocast as in training, written again in Python: the softmax and KERN routers alone, and the
-expert computation with tokens gathered and combined by scatter-add (index_add, as the engine did)
-and by the slot permutation of engine/model/slot_dispatch.cpp (gathers and dense sums only, as it
-does now). Prints, for each, the GPU time of one forward+backward and the kernels that take most
-of it. Kernel times are the GPU's own, so Python's launch overhead
-does not enter them.
+bf16 autocast as in training, written again in Python: the softmax and KERN routers alone (KERN's
+normalisation op by op, as the engine did, and as weight normalisation's fused kernel, as it does
+now), and the expert computation with tokens gathered and combined by scatter-add (index_add, as
+the engine did) and by the slot permutation of engine/model/slot_dispatch.cpp (gathers and dense
+sums only, as it does now). Prints, for each, the GPU time of one forward+backward and the kernels
+that take most of it. Kernel times are the GPU's own, so Python's launch overhead does not enter
+them.
 """
 import argparse
 
@@ -23,7 +24,9 @@ D, E, K, H = 768, 64, 8, 384
 def route(x, proj, gamma, kind):
     with torch.autocast("cuda", enabled=False):  # router math in fp32, as the engine does
         s = proj(x.float())
-        if kind == "kern":
+        if kind == "kern":  # the row normalisation as weight normalisation's fused kernel, as the engine does
+            g = gamma * torch.relu(torch._weight_norm(s + 1e-8, s.new_ones(s.shape[0], 1), 0))
+        elif kind == "kern_op_by_op":  # the engine before
             g = gamma * torch.relu(s / (s.norm(dim=-1, keepdim=True) + 1e-8))
         else:
             g = torch.softmax(s, -1)
@@ -136,7 +139,8 @@ def main():
         out.sum().backward()
 
     measure("router softmax", lambda: router_step("softmax"))
-    measure("router kern", lambda: router_step("kern"))
+    measure("router kern, op by op (the engine before)", lambda: router_step("kern_op_by_op"))
+    measure("router kern, fused row normalisation (the engine)", lambda: router_step("kern"))
     measure("layer, scatter-add dispatch and combine (the engine before)", lambda: layer_step(False))
     measure("layer, slot dispatch: gathers and dense sums (the engine)", lambda: layer_step(True))
 

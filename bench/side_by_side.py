@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -165,10 +166,11 @@ def model_sizes(config_path):
 
 # ---------------------------------------------------------------- the two sides
 
-def engine_tokens_per_s(binary, config_path, steps, work, run):
-    db = work / f"engine-{run}.db"
+def engine_tokens_per_s(binary, side, config_path, steps, work, run):
+    db, run_dir = work / f"{side}-{run}.db", work / f"{side}-{run}"
     db.unlink(missing_ok=True)
-    subprocess.run([binary, "train", "--quiet", "--config", config_path, "--db", db, "--run-dir", work / f"engine-{run}",
+    shutil.rmtree(run_dir, ignore_errors=True)
+    subprocess.run([binary, "train", "--quiet", "--config", config_path, "--db", db, "--run-dir", run_dir,
                     "--set", f"train.steps={steps}", "--set", f"train.log_every={LOG_EVERY}",
                     "--set", f"train.eval_every={steps}", "--set", f"train.checkpoint_every={steps}",
                     "--set", "train.eval_batches=1"], check=True)
@@ -280,7 +282,7 @@ def main():
         for side in sides:
             if side in ("engine", "before"):
                 binary = MOELAB if side == "engine" else args.before_bin
-                results[side].append(engine_tokens_per_s(binary, config_path, args.steps, work, run))
+                results[side].append(engine_tokens_per_s(binary, side, config_path, args.steps, work, run))
             else:
                 tokens_per_s, parameters = pytorch_tokens_per_s(config, data, args.steps, side == "compile", device)
                 results[side].append(tokens_per_s)

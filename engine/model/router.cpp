@@ -8,9 +8,13 @@ namespace {
 
 constexpr double kNormEps = 1e-8;
 
-// KERN: gamma * act(v / (||v||_2 + eps)) along the last dimension, act = ReLU unless disabled.
+// KERN: gamma * act(v / ||v||_2) along the last dimension of v [T, n], act = ReLU unless disabled.
+// The row normalisation is weight normalisation's fused kernel (one kernel each way; dividing by the
+// norm op by op takes five forward and about a dozen backward, which made KERN dearer than softmax).
+// It has no epsilon, so eps joins every score instead: an all-zero row becomes uniform rather than
+// 0/0, and any other gate moves by at most eps / ||v||, as with eps added to the norm.
 torch::Tensor kern_gate(const torch::Tensor& v, const torch::Tensor& gamma, bool relu) {
-  auto normalised = v / (v.norm(2, -1, true) + kNormEps);
+  auto normalised = at::_weight_norm(v + kNormEps, torch::ones({v.size(0), 1}, v.options()), /*dim=*/0);
   return gamma * (relu ? torch::relu(normalised) : normalised);
 }
 

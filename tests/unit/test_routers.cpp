@@ -72,6 +72,17 @@ TEST(Router, KernAfterTopKNormalisesOnlyTheKeptScores) {
   expect_route(route_scores(s, rule(RouterKind::Kern, 2), kern_gamma(1.0)), {0, 2}, {3.0 / full_norm, 0.5 / full_norm});
 }
 
+// A token whose scores are all zero has no direction: its gates come out uniform, gamma / sqrt(E),
+// and its gradients finite, instead of 0 / 0. The other token's gates are unaffected.
+TEST(Router, KernGivesAnAllZeroRowUniformGates) {
+  auto s = torch::cat({torch::zeros({1, 4}, torch::kFloat64), logits()}).requires_grad_(true);
+  auto r = route_scores(s, rule(RouterKind::Kern, 2), kern_gamma(1.0));
+  EXPECT_TRUE(torch::allclose(r.gate[0], torch::full({2}, 0.5, torch::kFloat64), 1e-9, 1e-9)) << r.gate;
+  EXPECT_TRUE(torch::allclose(r.gate[1], torch::tensor({0.8, 0.4}, torch::kFloat64), 1e-7, 1e-7)) << r.gate;
+  r.gate.sum().backward();
+  EXPECT_TRUE(torch::isfinite(s.grad()).all().item<bool>()) << s.grad();
+}
+
 // A selection bias changes which experts are chosen but the gates stay the unbiased KERN values.
 TEST(Router, SelectionBiasChoosesButDoesNotGate) {
   auto bias = torch::tensor({0.0, 0.0, 0.0, 1.0}, torch::kFloat64);
