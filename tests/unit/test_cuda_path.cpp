@@ -4,6 +4,8 @@
 // device is visible (CI has none); bench/gpu_machine.sh runs them on a GPU machine.
 #include <gtest/gtest.h>
 
+#include <c10/cuda/CUDAFunctions.h>
+
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
@@ -42,8 +44,9 @@ MoeLayer layer_with_random_experts(const ModelConfig& m) {
 
 }  // namespace
 
-// The bf16 grouped kernel computes what the fp32 per-expert loop computes, forward and backward, to
-// bf16 accuracy; d 20 / hidden 12 exercises the padding to multiples of 8.
+// The bf16 grouped kernel computes what the fp32 per-expert loop computes, forward and backward (the
+// input, both weights and the gates), to bf16 accuracy; d 20 / hidden 12 exercises the padding to
+// multiples of 8.
 TEST_F(Cuda, GroupedMmInBf16MatchesTheFp32Loop) {
   for (auto [experts, top_k, d_model, expert_size] : {std::tuple{16, 4, 64, 48}, std::tuple{6, 2, 20, 12}}) {
     torch::manual_seed(experts);
@@ -51,8 +54,8 @@ TEST_F(Cuda, GroupedMmInBf16MatchesTheFp32Loop) {
     layer->to(gpu);
     auto x = torch::randn({300, d_model}, torch::TensorOptions(gpu).requires_grad(true));
     auto routing = layer->router(x);
-    auto index = routing.expert_index.detach(), gate = routing.gate.detach();
-    auto inputs = std::vector<torch::Tensor>{x, layer->experts->w_in, layer->experts->w_out};
+    auto index = routing.expert_index.detach(), gate = routing.gate.detach().requires_grad_(true);
+    auto inputs = std::vector<torch::Tensor>{x, layer->experts->w_in, layer->experts->w_out, gate};
 
     torch::Tensor fast;
     {
@@ -101,6 +104,42 @@ TEST_F(Cuda, RoutersStayFp32UnderAutocast) {
     if (router != "kern") EXPECT_TRUE(same_expert.all().item<bool>()) << router;
     EXPECT_LT(relative_error(got.gate, want.gate), 1e-5) << router;
   }
+}
+
+// One bf16 training step as the trainer takes it (forward under autocast, backward, foreach clipping,
+// fused AdamW) never waits for the host: CUDA's sync debug mode makes every synchronising call (an
+// .item(), a pageable copy, torch::bincount's min/max) throw. The first step runs before it, since
+// lazy initialisation may synchronise once.
+TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
+  auto config = small_moe("kern", 8, 2, 64, 64);
+  torch::manual_seed(13);
+  auto tokens = torch::randint(config.vocab_size, {4, config.seq_len + 1}).to(gpu);
+  auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
+  Gpt model(config, 5);
+  model->to(gpu);
+  FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(3e-3));
+  auto step = [&] {
+    optimizer.zero_grad();
+    torch::Tensor loss;
+    {
+      AutocastScope bf16(gpu, "bf16");
+      loss = model->loss(inputs, targets);
+    }
+    loss.backward();
+    clip_gradient_norm(model->parameters(), 1.0);
+    optimizer.step();
+  };
+  step();
+  auto& sync_debug = c10::cuda::warning_state();
+  sync_debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  std::string error;
+  try {
+    step();
+  } catch (const c10::Error& e) {
+    error = e.what();
+  }
+  sync_debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_EQ(error, "");
 }
 
 // A whole model: the GPU's fp32 loss is the CPU's, bf16 autocast stays within bf16 accuracy of it,
