@@ -7,9 +7,12 @@
 #       writes .gpu/ (git-ignored, about 45 MB): the Debian packages the build and the binaries need
 #       (.gpu/debs), the GPT-2 ranks, the side-by-side GPT-2 data, and this machine's build of moelab,
 #       bench_engine and test_cuda_path (.gpu/bin: the venv's torch is the same 2.11.0+cu130 wheel).
-#     MOELAB_BEFORE=DIR bash scripts/gpu_machine.sh bundle
-#       the same, plus moelab and bench_engine from DIR (built from an earlier commit) in
-#       .gpu/bin-before, which the stage before_after measures against this build in the same run.
+#     bash scripts/gpu_machine.sh before REV
+#       builds moelab and bench_engine of the earlier commit REV (a git worktree, configured as
+#       build/) into /tmp/moelab-before, for:
+#     MOELAB_BEFORE=/tmp/moelab-before bash scripts/gpu_machine.sh bundle
+#       the bundle plus those two binaries in .gpu/bin-before, which the stages before_after and
+#       layer_before_after measure against this build in the same run.
 #   There, in a copy of the checkout with .gpu/ in it:
 #     bash scripts/gpu_machine.sh build
 #       unpacks .gpu/debs into a prefix (/tmp/moelab-prefix) and builds build-gpu/ from source against
@@ -47,6 +50,18 @@ bundle() {
   cp .assets/gpt2.tiktoken "$BUNDLE/assets/"
   build/moelab data prepare --corpus austen --tokenizer gpt2 --out "$BUNDLE/side-by-side-data" >/dev/null || die "data prepare failed"
   log "wrote $(du -sh "$BUNDLE" | cut -f1) to $BUNDLE"
+}
+
+build_before() {
+  local rev=${1:?"usage: gpu_machine.sh before REV"} out=/tmp/moelab-before src=/tmp/moelab-before-src
+  git worktree remove --force "$src" 2>/dev/null
+  git worktree add --detach "$src" "$rev" || die "no commit $rev"
+  cmake -S "$src" -B "$out/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOELAB_ASSETS_DIR="$ROOT/.assets" \
+    -DCMAKE_PREFIX_PATH="$(.venv/bin/python -c "import torch.utils; print(torch.utils.cmake_prefix_path)")" &&
+    cmake --build "$out/build" --target moelab bench_engine || die "the build of $rev failed"
+  cp "$out/build/moelab" "$out/build/bench/bench_engine" "$out/"
+  git worktree remove --force "$src"
+  log "built $rev into $out: now MOELAB_BEFORE=$out bash scripts/gpu_machine.sh bundle"
 }
 
 unpack_debs() {
@@ -202,6 +217,7 @@ summary() {
 
 case ${1:-} in
   bundle) bundle ;;
+  before) shift; build_before "$@" ;;
   build) build ;;
   check) shift; check "$@" ;;
   environment) environment ;;
