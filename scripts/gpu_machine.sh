@@ -98,23 +98,29 @@ build() {
   log "built build-gpu/moelab"
 }
 
-# The binaries to check: the source build when there is one, else the bundle's, run through wrappers
-# that find their libraries in the unpacked runtime packages and python3's torch (only for them:
-# python3's own modules keep the system's libraries).
+# Wrappers $PREFIX/wrappers/<name><suffix> for the bundled binaries in DIR, which find their
+# libraries in the unpacked runtime packages and python3's torch (only they: python3's own modules
+# keep the system's libraries).
+wrap_bundled() {
+  local dir=$1 suffix=$2 torch
+  shift 2
+  unpack_debs
+  torch=$(torch_dir) || die "python3 has no torch"
+  for b in "$@"; do write_wrapper "$b$suffix" "$dir/$b" "$LIBDIR:$torch/lib"; done
+  if LD_LIBRARY_PATH=$LIBDIR:$torch/lib ldd "$dir/moelab" | grep "not found"; then die "unresolved libraries in $dir"; fi
+}
+
+# The binaries to check: the source build when there is one, else the bundle's; and the earlier
+# build's when the bundle has one.
 use_binaries() {
   if [[ -x build-gpu/moelab ]]; then
     BIN_MOELAB=$ROOT/build-gpu/moelab BIN_BENCH=$ROOT/build-gpu/bench/bench_engine BIN_TEST=$ROOT/build-gpu/tests/test_cuda_path
   else
-    unpack_debs
-    local torch; torch=$(torch_dir) || die "python3 has no torch"
-    for b in moelab bench_engine test_cuda_path; do write_wrapper "$b" "$BUNDLE/bin/$b" "$LIBDIR:$torch/lib"; done
+    wrap_bundled "$BUNDLE/bin" "" moelab bench_engine test_cuda_path
     BIN_MOELAB=$PREFIX/wrappers/moelab BIN_BENCH=$PREFIX/wrappers/bench_engine BIN_TEST=$PREFIX/wrappers/test_cuda_path
-    LD_LIBRARY_PATH=$LIBDIR:$torch/lib ldd "$BUNDLE/bin/moelab" | grep "not found" && die "unresolved libraries"
   fi
   if [[ -d $BUNDLE/bin-before ]]; then
-    unpack_debs
-    local torch; torch=$(torch_dir) || die "python3 has no torch"
-    for b in moelab bench_engine; do write_wrapper "$b-before" "$BUNDLE/bin-before/$b" "$LIBDIR:$torch/lib"; done
+    wrap_bundled "$BUNDLE/bin-before" -before moelab bench_engine
     BIN_BEFORE_MOELAB=$PREFIX/wrappers/moelab-before BIN_BEFORE_BENCH=$PREFIX/wrappers/bench_engine-before
   fi
   export MOELAB_ASSETS=$BUNDLE/assets MOELAB_BIN=$BIN_MOELAB BIN_BENCH BIN_BEFORE_BENCH=${BIN_BEFORE_BENCH:-}

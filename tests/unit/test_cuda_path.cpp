@@ -138,8 +138,15 @@ TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
   } catch (const c10::Error& e) {
     error = e.what();
   }
+  bool item_caught = false;  // the detector itself works: an .item() does throw
+  try {
+    torch::ones({}, gpu).item<float>();
+  } catch (const c10::Error&) {
+    item_caught = true;
+  }
   sync_debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
   EXPECT_EQ(error, "");
+  EXPECT_TRUE(item_caught) << "sync debug mode let an .item() through, so the step's check proves nothing";
 }
 
 // A whole model: the GPU's fp32 loss is the CPU's, bf16 autocast stays within bf16 accuracy of it,
