@@ -82,6 +82,9 @@ int train(const std::vector<std::string>& args) {
       ("run-dir", po::value(&opts.run_dir), "checkpoint directory (default runs/<job id>)")
       ("resume", po::bool_switch(&opts.resume), "continue from the newest checkpoint in --run-dir, if any")
       ("stop-after", po::value(&opts.stop_after)->default_value(0), "checkpoint and stop after this step, as if interrupted")
+      ("profile-steps", po::value(&opts.profile_steps)->default_value(0),
+       "profile this many steps after 2 warm-up steps instead of training: time per GPU kernel (CPU operator), "
+       "Chrome trace and CSV in <run-dir>/profile; nothing is stored")
       ("quiet", "no progress line");
   po::variables_map vm;
   if (!parse_options(args, "train --config FILE [--db FILE] [--run-dir DIR] [--resume]", options, vm)) return 0;

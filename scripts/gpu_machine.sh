@@ -167,8 +167,8 @@ layer_before_after() {
 }
 
 # Stages, in order; `check OUT SECONDS STAGE...` runs the ones named.
-ALL_STAGES=(cuda_tests router_bench profile before_after layer_before_after side_by_side engine_micro_batch_32
-  source_build)
+ALL_STAGES=(cuda_tests router_bench profile before_after layer_before_after side_by_side step_profile
+  engine_micro_batch_32 source_build)
 
 check() {
   OUT=${1:-$ROOT/gpu-results} DEADLINE=$((SECONDS + ${2:-540}))
@@ -197,6 +197,11 @@ check() {
             --sides engine,before --before-bin "$BIN_BEFORE_MOELAB"
         else stage layer_before_after 150 layer_before_after; fi ;;
       side_by_side) stage side_by_side 300 side_by_side --steps 40 --repeats 1 --batch-size 16 --micro-batch 16 ;;
+      step_profile)  # the engine's own training step, kernel by kernel (side_by_side wrote the 125M config)
+        stage step_profile 120 "$BIN_MOELAB" train --config runs/side-by-side/config.json --db /tmp/step-profile.db \
+          --run-dir /tmp/step-profile --profile-steps 5 &&
+          cp /tmp/step-profile/profile/ops.csv "$OUT/step_profile_ops.csv" &&
+          gzip -c /tmp/step-profile/profile/trace.json >"$OUT/step_profile_trace.json.gz" ;;
       engine_micro_batch_32)  # the engine alone at twice the micro-batch (side_by_side wrote the 125M config)
         stage engine_micro_batch_32 90 "$BIN_MOELAB" train --config runs/side-by-side/config.json --db /tmp/mb32.db \
           --run-dir /tmp/mb32 --set train.batch_size=32 --set train.micro_batch=32 --set train.steps=40 \
@@ -217,6 +222,7 @@ summary() {
     [[ -f $OUT/$name.log ]] || continue
     echo "---- $name"
     if [[ $name == source_build ]]; then tail -3 "$OUT/$name.log"; continue; fi
+    if [[ $name == step_profile ]]; then grep -A 25 "^profile of" "$OUT/$name.log"; continue; fi
     grep -E "PASSED|FAILED|^round|_median|tokens/s|x \(medians\)|MFU|step [0-9]+/|NVIDIA|^torch|Error|GPU time|^  " "$OUT/$name.log" | tail -40
   done
 }

@@ -18,6 +18,7 @@
 #include "engine/train/data_parallel.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/schedule.hpp"
+#include "engine/train/step_profile.hpp"
 
 namespace moelab {
 namespace {
@@ -121,6 +122,28 @@ class Trainer {
     int code = loop();
     if (store_) finish(code);
     return code;
+  }
+
+  // `--profile-steps N`: warm-up steps (the allocator's first blocks, kernel autotuning), then N
+  // steps with rank 0 under the profiler. Writes <run dir>/profile/{trace.json,ops.csv}, nothing to
+  // the store.
+  int profile() {
+    constexpr int kWarmUpSteps = 2;
+    int step = resumed_.step;
+    for (int i = 0; i < kWarmUpSteps; ++i) train_step(++step);
+    const auto dir = std::filesystem::path(options_.run_dir) / "profile";
+    std::optional<StepProfiler> profiler;
+    if (launch_.rank == 0) {
+      std::filesystem::create_directories(dir);
+      profiler.emplace(device_);
+    }
+    for (int i = 0; i < options_.profile_steps; ++i) train_step(++step);
+    if (!profiler) return kExitOk;
+    auto profile = profiler->finish(options_.profile_steps, (dir / "trace.json").string());
+    write_step_profile_csv(profile, (dir / "ops.csv").string());
+    print_step_profile(profile, stdout);
+    std::printf("wrote %s and %s\n", (dir / "trace.json").c_str(), (dir / "ops.csv").c_str());
+    return kExitOk;
   }
 
  private:
@@ -348,7 +371,7 @@ int train_job(const JobConfig& config, const TrainOptions& options) {
   if (resolved.run_dir.empty()) resolved.run_dir = (std::filesystem::path("runs") / config.hash()).string();
   resolved.progress = options.progress && launch.rank == 0;
   Trainer trainer(config, resolved, launch);  // all input checks happen here, before the store is touched
-  return trainer.run();
+  return options.profile_steps > 0 ? trainer.profile() : trainer.run();
 }
 
 }  // namespace moelab

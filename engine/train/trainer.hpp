@@ -21,6 +21,7 @@ struct TrainOptions {
   bool resume = false;      // continue from the newest checkpoint in run_dir if there is one
   bool progress = true;     // the live progress line on stderr
   int stop_after = 0;       // test hook: behave as if interrupted after this step (0: never)
+  int profile_steps = 0;    // > 0: profile this many steps after warm-up instead of training (step_profile.hpp)
 };
 
 // Trains the job; returns an ExitCode. Throws (ConfigError, CheckpointError, runtime_error) on bad

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -245,6 +246,37 @@ TEST_F(TrainCli, ParamsPrintsJson) {
   auto j = json::parse(r.output);
   EXPECT_GT(j["total_params"].get<int64_t>(), j["active_params"].get<int64_t>());
   EXPECT_GT(j["flops_per_token"].get<int64_t>(), 6 * j["active_params"].get<int64_t>() / 2);
+}
+
+// Per-step counts come from the profiled steps alone (2 micro-batches, each looking up token and
+// position embeddings; one fused AdamW call per parameter group), and self times do not count a
+// nested operator twice: their sum stays within the wall time although operators nest deeply.
+TEST_F(TrainCli, ProfileStepsCountsOperatorsPerStepAndStoresNothing) {
+  auto r = run_moelab("train --config " + write_config(tiny_config(), "profile") + " --db " +
+                      (root_ / "profile.db").string() + " --run-dir " + (root_ / "profile").string() +
+                      " --profile-steps 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  double wall = 0, busy = 0;
+  ASSERT_EQ(std::sscanf(r.output.c_str(), "profile of 3 steps on cpu: %lf ms per step; in operators %lf ms", &wall, &busy), 2)
+      << r.output;
+  EXPECT_GT(busy, 0.5 * wall);
+  EXPECT_LE(busy, wall);
+
+  std::map<std::string, double> calls_per_step;
+  std::ifstream csv(root_ / "profile/profile/ops.csv");
+  std::string line;
+  std::getline(csv, line);
+  EXPECT_EQ(line, "name,calls_per_step,ms_per_step,share_of_busy");
+  while (std::getline(csv, line)) {
+    const auto name_end = line.find("\",");
+    calls_per_step[line.substr(1, name_end - 1)] = std::stod(line.substr(name_end + 2));
+  }
+  EXPECT_EQ(calls_per_step["aten::embedding"], 4.0);
+  EXPECT_EQ(calls_per_step["aten::_fused_adamw_"], 2.0);
+
+  auto trace = json::parse(std::ifstream(root_ / "profile/profile/trace.json"));
+  EXPECT_GT(trace["traceEvents"].size(), 100u);
+  EXPECT_FALSE(fs::exists(root_ / "profile.db"));
 }
 
 }  // namespace
