@@ -200,7 +200,7 @@ check() {
       step_profile)  # the engine's own training step, kernel by kernel (side_by_side wrote the 125M config)
         stage step_profile 120 "$BIN_MOELAB" train --config runs/side-by-side/config.json --db /tmp/step-profile.db \
           --run-dir /tmp/step-profile --profile-steps 5 &&
-          cp /tmp/step-profile/profile/ops.csv "$OUT/step_profile_ops.csv" &&
+          cp /tmp/step-profile/profile/ops.csv /tmp/step-profile/profile/operators.csv "$OUT/" &&
           gzip -c /tmp/step-profile/profile/trace.json >"$OUT/step_profile_trace.json.gz" ;;
       engine_micro_batch_32)  # the engine alone at twice the micro-batch (side_by_side wrote the 125M config)
         stage engine_micro_batch_32 90 "$BIN_MOELAB" train --config runs/side-by-side/config.json --db /tmp/mb32.db \
@@ -222,7 +222,7 @@ summary() {
     [[ -f $OUT/$name.log ]] || continue
     echo "---- $name"
     if [[ $name == source_build ]]; then tail -3 "$OUT/$name.log"; continue; fi
-    if [[ $name == step_profile ]]; then grep -A 25 "^profile of" "$OUT/$name.log"; continue; fi
+    if [[ $name == step_profile ]]; then sed -n '/^profile of/,$p' "$OUT/$name.log" | head -60; continue; fi
     grep -E "PASSED|FAILED|^round|_median|tokens/s|x \(medians\)|MFU|step [0-9]+/|NVIDIA|^torch|Error|GPU time|^  " "$OUT/$name.log" | tail -40
   done
 }

@@ -42,6 +42,7 @@ class GptImpl : public torch::nn::Module {
 
  private:
   void initialise_weights(uint64_t seed);
+  torch::Tensor output_logits(const torch::Tensor& h);  // h [B, T, d] -> [B, T, vocab]
   ModelConfig config_;
 };
 TORCH_MODULE(Gpt);

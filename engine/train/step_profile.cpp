@@ -30,51 +30,66 @@ void wait_for(torch::Device device) {
 }
 
 struct Span {
-  const profiler::KinetoEvent* event;
-  double self_ms;
+  std::string label;  // what the span is summed under
+  double ms;
 };
 
-// An operator's self time is its span minus the spans of the operators it called: aten::linear
-// calling aten::addmm counts the matmul once, under addmm. Nesting is per thread.
-std::vector<Span> operator_self_times(const std::vector<profiler::KinetoEvent>& events) {
+// The host's operators, nested per thread: each one's self time (its span minus the spans of the
+// operators it called, so that aten::linear calling aten::addmm counts the matmul once) and, by
+// correlation id, "caller > operator", the name the device's work is attributed to.
+struct Operators {
+  std::vector<Span> self_times;
+  std::unordered_map<uint64_t, std::string> launcher;
+};
+
+Operators nest_operators(const std::vector<profiler::KinetoEvent>& events) {
   std::map<uint64_t, std::vector<const profiler::KinetoEvent*>> by_thread;
   for (const auto& e : events)
     if (is_activity(e, KinetoActivity::CPU_OP)) by_thread[e.startThreadId()].push_back(&e);
-  std::vector<Span> spans;
+  Operators out;
   for (auto& [thread, ops] : by_thread) {
-    // Parents before their children: earlier start first, and the longer of two that start together.
+    // Callers before the operators they call: earlier start first, and the longer of two that start together.
     std::sort(ops.begin(), ops.end(), [](auto* a, auto* b) {
       return a->startNs() != b->startNs() ? a->startNs() < b->startNs() : a->endNs() > b->endNs();
     });
-    std::vector<size_t> open;  // indices into spans of the operators enclosing the current one
+    std::vector<std::pair<const profiler::KinetoEvent*, size_t>> open;  // enclosing operators, their spans
     for (auto* op : ops) {
-      while (!open.empty() && spans[open.back()].event->endNs() <= op->startNs()) open.pop_back();
+      while (!open.empty() && open.back().first->endNs() <= op->startNs()) open.pop_back();
       const double ms = op->durationNs() / 1e6;
-      if (!open.empty()) spans[open.back()].self_ms -= ms;
-      open.push_back(spans.size());
-      spans.push_back({op, ms});
+      if (!open.empty()) out.self_times[open.back().second].ms -= ms;
+      out.launcher[op->correlationId()] = open.empty() ? op->name() : open.back().first->name() + " > " + op->name();
+      open.emplace_back(op, out.self_times.size());
+      out.self_times.push_back({op->name(), ms});
     }
   }
-  return spans;
+  return out;
 }
 
-std::vector<Span> device_times(const std::vector<profiler::KinetoEvent>& events) {
+// The device's kernels, copies and fills, each under its own name or under the operator that launched it.
+std::vector<Span> device_spans(const std::vector<profiler::KinetoEvent>& events, const Operators* by_launcher) {
   std::vector<Span> spans;
-  for (const auto& e : events)
-    if (is_device_work(e)) spans.push_back({&e, e.durationNs() / 1e6});
+  for (const auto& e : events) {
+    if (!is_device_work(e)) continue;
+    std::string label = e.name();
+    if (by_launcher) {
+      auto found = by_launcher->launcher.find(e.linkedCorrelationId());
+      label = found == by_launcher->launcher.end() ? "(no operator)" : found->second;
+    }
+    spans.push_back({std::move(label), e.durationNs() / 1e6});
+  }
   return spans;
 }
 
-std::vector<ProfiledOp> sum_by_name(const std::vector<Span>& spans) {
-  std::unordered_map<std::string, ProfiledOp> by_name;
+std::vector<ProfiledOp> sum_by_label(const std::vector<Span>& spans) {
+  std::unordered_map<std::string, ProfiledOp> by_label;
   for (const auto& s : spans) {
-    auto& op = by_name[s.event->name()];
-    op.name = s.event->name();
+    auto& op = by_label[s.label];
+    op.name = s.label;
     op.calls += 1;
-    op.total_ms += s.self_ms;
+    op.total_ms += s.ms;
   }
   std::vector<ProfiledOp> ops;
-  for (auto& [name, op] : by_name) ops.push_back(std::move(op));
+  for (auto& [label, op] : by_label) ops.push_back(std::move(op));
   std::sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.total_ms > b.total_ms; });
   return ops;
 }
@@ -113,10 +128,31 @@ StepProfile StepProfiler::finish(int steps, const std::string& trace_path) {
   result->save(trace_path);
   profile.device = device_.is_cuda() ? "cuda" : "cpu";
   profile.steps = steps;
-  profile.ops = sum_by_name(device_.is_cuda() ? device_times(result->events()) : operator_self_times(result->events()));
+  const auto& events = result->events();
+  const auto operators = nest_operators(events);
+  if (device_.is_cuda()) {
+    profile.ops = sum_by_label(device_spans(events, nullptr));
+    profile.by_operator = sum_by_label(device_spans(events, &operators));
+  } else {
+    profile.ops = sum_by_label(operators.self_times);
+  }
   for (const auto& op : profile.ops) profile.busy_ms += op.total_ms;
   return profile;
 }
+
+namespace {
+
+void print_table(const StepProfile& p, const std::vector<ProfiledOp>& rows, const char* heading, size_t top,
+                 std::FILE* out) {
+  std::fprintf(out, "%10s %7s %11s  %s\n", "ms/step", "share", "calls/step", heading);
+  for (size_t i = 0; i < std::min(top, rows.size()); ++i) {
+    const auto& op = rows[i];
+    std::fprintf(out, "%10.3f %6.1f%% %11.1f  %.110s\n", p.per_step(op.total_ms), 100 * op.total_ms / p.busy_ms,
+                 double(op.calls) / p.steps, op.name.c_str());
+  }
+}
+
+}  // namespace
 
 void print_step_profile(const StepProfile& p, std::FILE* out, size_t top) {
   int64_t calls = 0;
@@ -125,19 +161,17 @@ void print_step_profile(const StepProfile& p, std::FILE* out, size_t top) {
   std::fprintf(out, "profile of %d steps on %s: %.2f ms per step; %s %.2f ms (%.1f%%); %.0f %s per step\n", p.steps,
                p.device.c_str(), p.per_step(p.wall_ms), cuda ? "GPU busy" : "in operators", p.per_step(p.busy_ms),
                100 * p.busy_ms / p.wall_ms, double(calls) / p.steps, cuda ? "kernels" : "operator calls");
-  std::fprintf(out, "%10s %7s %11s  %s\n", "ms/step", "share", "calls/step", cuda ? "kernel" : "operator (self time)");
-  for (size_t i = 0; i < std::min(top, p.ops.size()); ++i) {
-    const auto& op = p.ops[i];
-    std::fprintf(out, "%10.3f %6.1f%% %11.1f  %.100s\n", p.per_step(op.total_ms), 100 * op.total_ms / p.busy_ms,
-                 double(op.calls) / p.steps, op.name.c_str());
-  }
+  print_table(p, p.ops, cuda ? "kernel" : "operator (self time)", top, out);
+  if (p.by_operator.empty()) return;
+  std::fprintf(out, "GPU time by the operator that launched it:\n");
+  print_table(p, p.by_operator, "caller > operator", top, out);
 }
 
-void write_step_profile_csv(const StepProfile& p, const std::string& path) {
+void write_step_profile_csv(const StepProfile& p, const std::vector<ProfiledOp>& rows, const std::string& path) {
   std::ofstream out(path);
   if (!out) throw std::runtime_error("cannot write " + path);
   out << "name,calls_per_step,ms_per_step,share_of_busy\n";
-  for (const auto& op : p.ops)
+  for (const auto& op : rows)
     out << csv_field(op.name) << ',' << double(op.calls) / p.steps << ',' << p.per_step(op.total_ms) << ','
         << op.total_ms / p.busy_ms << '\n';
 }

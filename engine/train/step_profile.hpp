@@ -23,6 +23,7 @@ struct StepProfile {
   double wall_ms = 0;      // all profiled steps, until the device had finished them
   double busy_ms = 0;      // the sum over `ops`: time the device spent in kernels, or the host in operators
   std::vector<ProfiledOp> ops;  // most time first
+  std::vector<ProfiledOp> by_operator;  // CUDA: the same GPU time under "caller > operator" that launched it
 
   double per_step(double ms) const { return ms / steps; }
 };
@@ -46,11 +47,11 @@ class StepProfiler {
   bool recording_ = false;
 };
 
-// The `top` most expensive rows with calls and milliseconds per step and their share of busy time,
-// after a line with wall time, busy time and launches per step.
+// The `top` most expensive rows of each table with calls and milliseconds per step and their share
+// of busy time, after a line with wall time, busy time and launches per step.
 void print_step_profile(const StepProfile& profile, std::FILE* out, size_t top = 30);
 
-// Every row: name, calls_per_step, ms_per_step, share_of_busy.
-void write_step_profile_csv(const StepProfile& profile, const std::string& path);
+// Every row of `rows` (profile.ops or profile.by_operator): name, calls_per_step, ms_per_step, share_of_busy.
+void write_step_profile_csv(const StepProfile& profile, const std::vector<ProfiledOp>& rows, const std::string& path);
 
 }  // namespace moelab

@@ -125,8 +125,8 @@ class Trainer {
   }
 
   // `--profile-steps N`: warm-up steps (the allocator's first blocks, kernel autotuning), then N
-  // steps with rank 0 under the profiler. Writes <run dir>/profile/{trace.json,ops.csv}, nothing to
-  // the store.
+  // steps with rank 0 under the profiler. Writes <run dir>/profile/{trace.json,ops.csv} (and on CUDA
+  // operators.csv), nothing to the store.
   int profile() {
     constexpr int kWarmUpSteps = 2;
     int step = resumed_.step;
@@ -140,9 +140,10 @@ class Trainer {
     for (int i = 0; i < options_.profile_steps; ++i) train_step(++step);
     if (!profiler) return kExitOk;
     auto profile = profiler->finish(options_.profile_steps, (dir / "trace.json").string());
-    write_step_profile_csv(profile, (dir / "ops.csv").string());
+    write_step_profile_csv(profile, profile.ops, (dir / "ops.csv").string());
+    if (!profile.by_operator.empty()) write_step_profile_csv(profile, profile.by_operator, (dir / "operators.csv").string());
     print_step_profile(profile, stdout);
-    std::printf("wrote %s and %s\n", (dir / "trace.json").c_str(), (dir / "ops.csv").c_str());
+    std::printf("wrote trace.json and the tables as CSV in %s\n", dir.c_str());
     return kExitOk;
   }
 
