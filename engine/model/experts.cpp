@@ -9,6 +9,10 @@ namespace {
 
 int64_t round_up_to_8(int64_t n) { return (n + 7) / 8 * 8; }
 
+// The first n columns of t; t itself when it has no more, since a slice's backward copies the
+// gradient into a zeroed tensor of t's size.
+torch::Tensor first_columns(const torch::Tensor& t, int64_t n) { return t.size(1) == n ? t : t.narrow(1, 0, n); }
+
 // x [n, k] with a column of ones appended and zeros after it up to `cols` columns.
 torch::Tensor with_ones_column(const torch::Tensor& x, int64_t cols) {
   const int64_t n = x.size(0);
@@ -59,7 +63,7 @@ torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const tor
     y = per_expert_loop(gather_slots(x, layout), layout.counts);
   }
   // Under autocast the experts return bf16: mixed in bf16, handed back in the residual stream's dtype.
-  return combine_slots(y, gate, layout).narrow(1, 0, x.size(1)).to(x.scalar_type());
+  return first_columns(combine_slots(y, gate, layout), x.size(1)).to(x.scalar_type());
 }
 
 torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts) {
@@ -87,7 +91,7 @@ torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Te
   auto offsets = counts.cumsum(0).to(torch::kInt32);
   auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), round_up_to_8(h)),
                                 offsets);
-  auto activation = torch::gelu(hidden.narrow(1, 0, h));
+  auto activation = torch::gelu(first_columns(hidden, h));
   return at::_grouped_mm(with_ones_column(activation, h_in),
                          with_bias_row(w_out.to(dtype), b_out.to(dtype), h_in, round_up_to_8(d)), offsets);
 }

@@ -47,6 +47,19 @@ void GptImpl::initialise_weights(uint64_t seed) {
 }
 
 LmOutput GptImpl::forward(const torch::Tensor& tokens) {
+  auto out = forward_padded(tokens);
+  out.logits = out.logits.narrow(-1, 0, config_.vocab_size);
+  return out;
+}
+
+torch::Tensor GptImpl::loss(const torch::Tensor& tokens, const torch::Tensor& targets) {
+  auto out = forward_padded(tokens);
+  // Padded logits are -inf: they take no probability, so loss and gradients are the vocabulary's.
+  auto ce = torch::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat), targets.reshape(-1));
+  return ce + out.aux_loss;
+}
+
+LmOutput GptImpl::forward_padded(const torch::Tensor& tokens) {
   const auto T = tokens.size(1);
   TORCH_CHECK(T <= config_.seq_len, "sequence of ", T, " tokens exceeds the model's context ", config_.seq_len);
   auto positions = torch::arange(T, tokens.options());
@@ -56,22 +69,19 @@ LmOutput GptImpl::forward(const torch::Tensor& tokens) {
   return {output_logits(ln_final(x)), aux_loss};
 }
 
-// The projection onto the tied token embeddings. On CUDA the vocabulary is padded with zero rows to
-// a multiple of 64 for the matmul and the padded logits dropped: with GPT-2's 50,257 tokens the
-// logits' rows are not 16-byte aligned and cuBLAS falls back to old kernels, which made this one
-// projection a quarter of the 125M model's bf16 step on an H200 (30.6 of 121 ms, forward and
-// backward). The CPU has no such kernels and would only pay for the copies.
+// The projection onto the tied token embeddings. On CUDA a vocabulary that is not a multiple of 64
+// gets zero rows up to one, whose logits a bias sets to -inf: with GPT-2's 50,257 tokens the logits'
+// rows are not 16-byte aligned and cuBLAS falls back to old kernels, which made this projection a
+// quarter of the 125M model's bf16 step on an H200 (30.6 of 121 ms, forward and backward). Masking
+// the padded logits instead of slicing them off keeps the loss's gradient aligned as well. The CPU
+// has no such kernels and would only pay for the copies.
 torch::Tensor GptImpl::output_logits(const torch::Tensor& h) {
   const auto& weight = token_embedding->weight;
   const int64_t vocab = weight.size(0), padded = (vocab + 63) / 64 * 64;
-  if (!h.is_cuda() || padded == vocab) return torch::matmul(h, weight.t());
-  return torch::matmul(h, torch::constant_pad_nd(weight, {0, 0, 0, padded - vocab}).t()).narrow(-1, 0, vocab);
-}
-
-torch::Tensor GptImpl::loss(const torch::Tensor& tokens, const torch::Tensor& targets) {
-  auto out = forward(tokens);
-  auto ce = torch::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat), targets.reshape(-1));
-  return ce + out.aux_loss;
+  if (!h.is_cuda() || padded == vocab) return torch::linear(h, weight);
+  const auto options = weight.options().requires_grad(false);
+  auto mask = torch::cat({torch::zeros({vocab}, options), torch::full({padded - vocab}, -INFINITY, options)});
+  return torch::linear(h, torch::constant_pad_nd(weight, {0, 0, 0, padded - vocab}), mask);
 }
 
 std::vector<MoeLayer> GptImpl::moe_layers() const {

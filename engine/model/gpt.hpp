@@ -42,7 +42,8 @@ class GptImpl : public torch::nn::Module {
 
  private:
   void initialise_weights(uint64_t seed);
-  torch::Tensor output_logits(const torch::Tensor& h);  // h [B, T, d] -> [B, T, vocab]
+  LmOutput forward_padded(const torch::Tensor& tokens);  // logits over the vocabulary that output_logits pads
+  torch::Tensor output_logits(const torch::Tensor& h);    // h [B, T, d] -> [B, T, vocab or padded vocab]
   ModelConfig config_;
 };
 TORCH_MODULE(Gpt);

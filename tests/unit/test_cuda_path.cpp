@@ -122,7 +122,9 @@ TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
   auto gpu_loss = gpu_model->loss(inputs.to(gpu), targets.to(gpu));
   cpu_loss.backward();
   gpu_loss.backward();
-  EXPECT_EQ(gpu_model->forward(inputs.to(gpu)).logits.size(-1), 257);
+  auto logits = gpu_model->forward(inputs.to(gpu)).logits;
+  EXPECT_EQ(logits.size(-1), 257);
+  EXPECT_TRUE(torch::isfinite(logits).all().item<bool>()) << "a padded -inf logit was returned";
   EXPECT_NEAR(gpu_loss.item<double>(), cpu_loss.item<double>(), 1e-5 * cpu_loss.item<double>());
   EXPECT_LT(relative_error(gpu_model->token_embedding->weight.grad(), cpu_model->token_embedding->weight.grad()), 1e-4);
   EXPECT_LT(relative_error(gpu_model->ln_final->weight.grad(), cpu_model->ln_final->weight.grad()), 1e-4);
