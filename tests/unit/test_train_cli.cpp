@@ -277,6 +277,10 @@ TEST_F(TrainCli, ProfileStepsCountsOperatorsPerStepAndStoresNothing) {
   auto trace = json::parse(std::ifstream(root_ / "profile/profile/trace.json"));
   EXPECT_GT(trace["traceEvents"].size(), 100u);
   EXPECT_FALSE(fs::exists(root_ / "profile.db"));
+
+  auto negative = run_moelab("train --config " + write_config(tiny_config(), "profile") + " --profile-steps -2");
+  EXPECT_EQ(negative.code, 2) << negative.output;
+  EXPECT_NE(negative.output.find("--profile-steps -2"), std::string::npos) << negative.output;
 }
 
 }  // namespace
