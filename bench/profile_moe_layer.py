@@ -6,11 +6,12 @@
 The engine's ops for 8192 tokens (one 8 x 1024 micro-batch), d 768, 64 experts, top-8, size 384, in
 bf16 autocast as in training, written again in Python: the softmax and KERN routers alone (KERN's
 normalisation op by op, as the engine did, and as weight normalisation's fused kernel, as it does
-now), and the expert computation with tokens gathered and combined by scatter-add (index_add, as
-the engine did) and by the slot permutation of engine/model/slot_dispatch.cpp (gathers and dense
-sums only, as it does now). Prints, for each, the GPU time of one forward+backward and the kernels
-that take most of it. Kernel times are the GPU's own, so Python's launch overhead does not enter
-them.
+now), and the expert computation with the slot dispatch of engine/model/slot_dispatch.cpp, the
+gates applied when combining each token's k rows by batched 1 x k products (as the engine did) and
+inside the experts, scaling the second matmul's input, so that combining is a plain sum (as it does
+now). Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
+Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
+training step of the engine itself, use `moelab train --profile-steps N`.
 """
 import argparse
 
@@ -47,6 +48,11 @@ def bias_row(w, b, rows):
     return torch.cat([w, b.unsqueeze(1), w.new_zeros(w.shape[0], rows - w.shape[1] - 1, w.shape[2])], 1)
 
 
+def sum_per_token(rows, position_of_slot):
+    """rows in sorted order -> each token's K rows side by side, summed."""
+    return rows.index_select(0, position_of_slot).view(-1, K, rows.shape[1]).sum(1)
+
+
 class GatherSlots(torch.autograd.Function):
     """rows[p] = x[token_of_position[p]]; backward: each token sums its k slots' gradients."""
 
@@ -58,7 +64,21 @@ class GatherSlots(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (position_of_slot,) = ctx.saved_tensors
-        return grad.index_select(0, position_of_slot).view(-1, K, grad.shape[1]).sum(1), None, None
+        return sum_per_token(grad, position_of_slot), None, None
+
+
+class SumSlots(torch.autograd.Function):
+    """GatherSlots' adjoint: out[t] = sum of token t's K rows; backward: a gather."""
+
+    @staticmethod
+    def forward(ctx, rows, token_of_position, position_of_slot):
+        ctx.save_for_backward(token_of_position)
+        return sum_per_token(rows, position_of_slot)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (token_of_position,) = ctx.saved_tensors
+        return grad.index_select(0, token_of_position), None, None
 
 
 class CombineSlots(torch.autograd.Function):
@@ -79,25 +99,27 @@ class CombineSlots(torch.autograd.Function):
         return grad_rows, grad_gate, None, None, None
 
 
-def expert_matmuls(rows, offsets, p):
+def expert_matmuls(rows, offsets, p, sorted_gate=None):
+    """With sorted_gate, each row's second-matmul input is scaled by its gate (bias column included)."""
     w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
     h = torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets)
-    return torch._grouped_mm(ones_column(F.gelu(h), pad8(H + 1)), bias_row(w_out, b_out, pad8(H + 1)), offsets)
+    a = ones_column(F.gelu(h), pad8(H + 1))
+    if sorted_gate is not None:
+        a = a * sorted_gate.to(a.dtype).unsqueeze(1)
+    return torch._grouped_mm(a, bias_row(w_out, b_out, pad8(H + 1)), offsets)
 
 
-def experts(x, index, gate, p, slots):
+def experts(x, index, gate, p, gates_in_experts):
     flat = index.flatten()
     order = flat.sort(stable=True).indices
     token = order // K
     counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
     offsets = counts.cumsum(0).int()
-    if slots:
-        position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
-        rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position)
-        return CombineSlots.apply(expert_matmuls(rows, offsets, p), gate, token, order, position).float()
-    y = expert_matmuls(ones_column(x.index_select(0, token).bfloat16(), pad8(D + 1)), offsets, p)
-    y = y.float() * gate.flatten()[order].unsqueeze(1)
-    return torch.zeros_like(x).index_add_(0, token, y)
+    position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
+    rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position)
+    if gates_in_experts:
+        return SumSlots.apply(expert_matmuls(rows, offsets, p, gate.flatten()[order]), token, position).float()
+    return CombineSlots.apply(expert_matmuls(rows, offsets, p), gate, token, order, position).float()
 
 
 def measure(name, step, iterations=10):
@@ -132,17 +154,17 @@ def main():
             _, gate = route(x, proj, gamma, kind)
         gate.sum().backward()
 
-    def layer_step(slots):
+    def layer_step(gates_in_experts):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             index, gate = route(x, proj, gamma, "kern")
-            out = experts(x, index, gate, p, slots)
+            out = experts(x, index, gate, p, gates_in_experts)
         out.sum().backward()
 
     measure("router softmax", lambda: router_step("softmax"))
     measure("router kern, op by op (the engine before)", lambda: router_step("kern_op_by_op"))
     measure("router kern, fused row normalisation (the engine)", lambda: router_step("kern"))
-    measure("layer, scatter-add dispatch and combine (the engine before)", lambda: layer_step(False))
-    measure("layer, slot dispatch: gathers and dense sums (the engine)", lambda: layer_step(True))
+    measure("layer, gates applied in the combine by batched 1 x K products (the engine before)", lambda: layer_step(False))
+    measure("layer, gates applied inside the experts, combine a plain sum (the engine)", lambda: layer_step(True))
 
 
 if __name__ == "__main__":

@@ -51,19 +51,25 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   return forward_with_kernel(x, expert_index, gate, expert_kernel_for(x));
 }
 
+// Each row is scaled by its slot's gate inside the experts (the grouped kernel scales the second
+// matmul's input, half as wide as the output), so that combining is the plain sum of a token's k
+// rows, the gather's adjoint: no batched 1 x k products with their poorly shaped GPU kernels.
 torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const torch::Tensor& expert_index,
                                                const torch::Tensor& gate, ExpertKernel kernel) {
   auto layout = sort_slots_by_expert(expert_index, w_in.size(0));
+  auto sorted_gate = gates_in_sorted_order(gate, layout);
   torch::Tensor y;
   if (kernel == ExpertKernel::GroupedMm) {
     // The cast and the bias column happen on the T token rows, before the gather makes k copies.
     const auto dtype = x.is_cuda() ? torch::kBFloat16 : x.scalar_type();  // the CPU runs ATen's fp32 loop
-    y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout), layout.counts);
+    y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout), layout.counts,
+                   sorted_gate);
   } else {
     y = per_expert_loop(gather_slots(x, layout), layout.counts);
+    y = y * sorted_gate.to(y.scalar_type()).unsqueeze(1);
   }
-  // Under autocast the experts return bf16: mixed in bf16, handed back in the residual stream's dtype.
-  return first_columns(combine_slots(y, gate, layout), x.size(1)).to(x.scalar_type());
+  // Under autocast the experts return bf16: summed in bf16, handed back in the residual stream's dtype.
+  return first_columns(sum_slots(y, layout), x.size(1)).to(x.scalar_type());
 }
 
 torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts) {
@@ -82,17 +88,18 @@ torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torc
 // Group ends are a cumulative sum on the device, so nothing waits for the host. Each bias rides in
 // its matmul as an extra weight row against a column of ones: gathering a bias row per token would
 // make its gradient a scatter-add of every token's row onto one row per expert, thousands of
-// contended atomic adds per element. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner
+// contended atomic adds per element. The gates scale the second matmul's input, bias column
+// included: g (a W + b) = [g a, g] [W; b]. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner
 // and output dimensions are padded with zeros to multiples of 8, which changes no result (zero
 // inputs times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
-torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts) {
+torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts, const torch::Tensor& gate) {
   const auto dtype = rows.scalar_type();
   const int64_t d = w_in.size(1), h = w_in.size(2), h_in = round_up_to_8(h + 1);
   auto offsets = counts.cumsum(0).to(torch::kInt32);
   auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), round_up_to_8(h)),
                                 offsets);
-  auto activation = torch::gelu(first_columns(hidden, h));
-  return at::_grouped_mm(with_ones_column(activation, h_in),
+  auto activation = with_ones_column(torch::gelu(first_columns(hidden, h)), h_in) * gate.to(dtype).unsqueeze(1);
+  return at::_grouped_mm(activation,
                          with_bias_row(w_out.to(dtype), b_out.to(dtype), h_in, round_up_to_8(d)), offsets);
 }
 

@@ -2,7 +2,8 @@
 // dispatch). Each of the T tokens fills k slots, one per chosen expert; sorting the T*k slots by
 // expert makes every expert's rows contiguous. Because every token owns exactly k slots, both
 // directions are permutations plus a sum over a token's k slots, so forward and backward are
-// gathers and dense reductions: no scatter-add, whose GPU atomics collide k ways per element.
+// gathers and dense reductions: no scatter-add, whose GPU atomics collide k ways per element. The
+// experts scale their rows by the gates themselves (experts.cpp), so combining is a plain sum.
 #pragma once
 
 #include <torch/torch.h>
@@ -23,10 +24,14 @@ struct SlotLayout {
 SlotLayout sort_slots_by_expert(const torch::Tensor& expert_index, int64_t experts);
 
 // x [T, D] -> rows [T*k, D] in sorted order: the row at position p is x[token_of_position[p]].
+// Its gradient sums each token's k rows.
 torch::Tensor gather_slots(const torch::Tensor& x, const SlotLayout& layout);
 
-// rows [T*k, D] in sorted order, gate [T, k] -> [T, D]: out[t] = sum_j gate[t, j] * rows[position of slot t*k + j].
-// The result has rows' dtype.
-torch::Tensor combine_slots(const torch::Tensor& rows, const torch::Tensor& gate, const SlotLayout& layout);
+// The adjoint of gather_slots: rows [T*k, D] in sorted order -> [T, D], each token the sum of its k
+// rows. Its gradient gathers each token's gradient to its k rows.
+torch::Tensor sum_slots(const torch::Tensor& rows, const SlotLayout& layout);
+
+// gate [T, k] -> [T*k]: the gate of the slot at each sorted position.
+torch::Tensor gates_in_sorted_order(const torch::Tensor& gate, const SlotLayout& layout);
 
 }  // namespace moelab
