@@ -89,7 +89,8 @@ int train(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse_options(args, "train --config FILE [--db FILE] [--run-dir DIR] [--resume]", options, vm)) return 0;
   opts.progress = !vm.count("quiet");
-  if (opts.profile_steps < 0) throw std::runtime_error("--profile-steps " + std::to_string(opts.profile_steps) + ": give a number of steps >= 1");
+  if (opts.profile_steps < 0)
+    throw std::runtime_error("--profile-steps " + std::to_string(opts.profile_steps) + ": give a number of steps >= 1");
   auto json = read_json_file(config_path);
   for (auto& assignment : overrides) apply_override(json, assignment);
   auto config = parse_job_config(json);

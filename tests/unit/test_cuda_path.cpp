@@ -133,9 +133,11 @@ TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
 // One bf16 training step as the trainer takes it (forward under autocast, backward, foreach clipping,
 // fused AdamW) never waits for the host: CUDA's sync debug mode makes every synchronising call (an
 // .item(), a pageable copy, torch::bincount's min/max) throw. The first step runs before it, since
-// lazy initialisation may synchronise once.
+// lazy initialisation may synchronise once. A vocabulary of 257 takes the padded output projection,
+// as GPT-2's does.
 TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
   auto config = small_moe("kern", 8, 2, 64, 64);
+  config.vocab_size = 257;
   torch::manual_seed(13);
   auto tokens = torch::randint(config.vocab_size, {4, config.seq_len + 1}).to(gpu);
   auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
