@@ -10,12 +10,15 @@ constexpr double kNormEps = 1e-8;
 
 // KERN: gamma * act(v / ||v||_2) along the last dimension of v [T, n], act = ReLU unless disabled.
 // The row normalisation is weight normalisation's fused kernel (one kernel each way; dividing by the
-// norm op by op takes five forward and about a dozen backward, which made KERN dearer than softmax).
-// It has no epsilon, so eps joins every score instead: an all-zero row becomes uniform rather than
-// 0/0, and any other gate moves by at most eps / ||v||, as with eps added to the norm.
+// norm op by op takes five forward and about a dozen backward, which made KERN dearer than softmax),
+// and gamma is its scale g, so gamma's gradient comes out of that kernel too. ReLU then follows the
+// scaling: ReLU(gamma n) = gamma ReLU(n) for the positive gamma KERN starts from (1 or the Monte-Carlo
+// scale) and trains, and saves a multiply each way (at gamma <= 0 every gate is degenerate either way).
+// The kernel has no epsilon, so eps joins every score instead: an all-zero row becomes uniform rather
+// than 0/0, and any other gate moves by at most eps / ||v||, as with eps added to the norm.
 torch::Tensor kern_gate(const torch::Tensor& v, const torch::Tensor& gamma, bool relu) {
-  auto normalised = at::_weight_norm(v + kNormEps, torch::ones({v.size(0), 1}, v.options()), /*dim=*/0);
-  return gamma * (relu ? torch::relu(normalised) : normalised);
+  auto scaled = at::_weight_norm(v + kNormEps, gamma.to(v.dtype()).expand({v.size(0), 1}), /*dim=*/0);
+  return relu ? torch::relu(scaled) : scaled;
 }
 
 // Gate values over all experts for routers that score every expert before top-k.
