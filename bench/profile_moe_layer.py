@@ -4,12 +4,16 @@
     python3 bench/profile_moe_layer.py [--tokens 8192]
 
 The engine's ops for 8192 tokens (one 8 x 1024 micro-batch), d 768, 64 experts, top-8, size 384, in
-bf16 autocast as in training, written again in Python: the softmax and KERN routers alone (KERN's
-normalisation op by op, as the engine did, and as weight normalisation's fused kernel, as it does
-now), and the expert computation with the slot dispatch of engine/model/slot_dispatch.cpp, the
-gates applied when combining each token's k rows by batched 1 x k products (as the engine did) and
-inside the experts, scaling the second matmul's input, so that combining is a plain sum (as it does
-now). Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
+bf16 autocast as in training, written again in Python, each as the engine computed it before and as
+it does now:
+- the routers alone: softmax, and KERN's row normalisation as weight normalisation's fused kernel with
+  scale 1 followed by gamma * ReLU (before), and with gamma as the scale followed by ReLU (now);
+- the expert computation with the slot dispatch of engine/model/slot_dispatch.cpp: the gates applied
+  when combining each token's k rows by batched 1 x k products (the last form measured on a GPU);
+  the gates scaling the second matmul's input, its bias a weight row against a column of ones, so
+  that combining is a plain sum; and that with the output bias added per token after the combine,
+  spread gates [T, E] times biases [E, d], so the second matmul takes the activation as it is (now).
+Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
 """
@@ -25,10 +29,10 @@ D, E, K, H = 768, 64, 8, 384
 def route(x, proj, gamma, kind):
     with torch.autocast("cuda", enabled=False):  # router math in fp32, as the engine does
         s = proj(x.float())
-        if kind == "kern":  # the row normalisation as weight normalisation's fused kernel, as the engine does
+        if kind == "kern_scale_one":  # the engine before
             g = gamma * torch.relu(torch._weight_norm(s + 1e-8, s.new_ones(s.shape[0], 1), 0))
-        elif kind == "kern_op_by_op":  # the engine before
-            g = gamma * torch.relu(s / (s.norm(dim=-1, keepdim=True) + 1e-8))
+        elif kind == "kern":
+            g = torch.relu(torch._weight_norm(s + 1e-8, gamma.expand(s.shape[0], 1), 0))
         else:
             g = torch.softmax(s, -1)
         index = g.topk(K, -1).indices
@@ -99,17 +103,19 @@ class CombineSlots(torch.autograd.Function):
         return grad_rows, grad_gate, None, None, None
 
 
-def expert_matmuls(rows, offsets, p, sorted_gate=None):
-    """With sorted_gate, each row's second-matmul input is scaled by its gate (bias column included)."""
+def expert_matmuls(rows, offsets, p, form, sorted_gate):
+    """Each form's grouped matmuls; all but "combine" scale each row's second-matmul input by its gate."""
     w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
-    h = torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets)
-    a = ones_column(F.gelu(h), pad8(H + 1))
-    if sorted_gate is not None:
+    a = F.gelu(torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets))
+    if form == "bias_after":
+        return torch._grouped_mm(a * sorted_gate.to(a.dtype).unsqueeze(1), w_out, offsets)
+    a = ones_column(a, pad8(H + 1))
+    if form == "gates_inside":
         a = a * sorted_gate.to(a.dtype).unsqueeze(1)
     return torch._grouped_mm(a, bias_row(w_out, b_out, pad8(H + 1)), offsets)
 
 
-def experts(x, index, gate, p, gates_in_experts):
+def experts(x, index, gate, p, form):
     flat = index.flatten()
     order = flat.sort(stable=True).indices
     token = order // K
@@ -117,9 +123,14 @@ def experts(x, index, gate, p, gates_in_experts):
     offsets = counts.cumsum(0).int()
     position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
     rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position)
-    if gates_in_experts:
-        return SumSlots.apply(expert_matmuls(rows, offsets, p, gate.flatten()[order]), token, position).float()
-    return CombineSlots.apply(expert_matmuls(rows, offsets, p), gate, token, order, position).float()
+    y = expert_matmuls(rows, offsets, p, form, gate.flatten()[order])
+    if form == "combine":
+        return CombineSlots.apply(y, gate, token, order, position).float()
+    out = SumSlots.apply(y, token, position)
+    if form == "bias_after":
+        spread = torch.zeros(x.shape[0], E, device=x.device).scatter(1, index, gate)
+        out = out + spread @ p[3]
+    return out.float()
 
 
 def measure(name, step, iterations=10):
@@ -154,17 +165,18 @@ def main():
             _, gate = route(x, proj, gamma, kind)
         gate.sum().backward()
 
-    def layer_step(gates_in_experts):
+    def layer_step(form):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             index, gate = route(x, proj, gamma, "kern")
-            out = experts(x, index, gate, p, gates_in_experts)
+            out = experts(x, index, gate, p, form)
         out.sum().backward()
 
     measure("router softmax", lambda: router_step("softmax"))
-    measure("router kern, op by op (the engine before)", lambda: router_step("kern_op_by_op"))
-    measure("router kern, fused row normalisation (the engine)", lambda: router_step("kern"))
-    measure("layer, gates applied in the combine by batched 1 x K products (the engine before)", lambda: layer_step(False))
-    measure("layer, gates applied inside the experts, combine a plain sum (the engine)", lambda: layer_step(True))
+    measure("router kern, weight norm with scale 1, then gamma * ReLU (the engine before)", lambda: router_step("kern_scale_one"))
+    measure("router kern, gamma as the weight norm's scale, then ReLU (the engine)", lambda: router_step("kern"))
+    measure("layer, gates applied in the combine by batched 1 x K products (last measured on a GPU)", lambda: layer_step("combine"))
+    measure("layer, gates inside the experts, output bias as a weight row", lambda: layer_step("gates_inside"))
+    measure("layer, gates inside the experts, output bias added after the combine (the engine)", lambda: layer_step("bias_after"))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,23 @@ torch::Tensor with_ones_column(const torch::Tensor& x, int64_t cols) {
   return torch::cat({x, torch::ones({n, 1}, x.options()), torch::zeros({n, cols - x.size(1) - 1}, x.options())}, 1);
 }
 
+// Weights w [E, k, m] zero-padded to `rows` x `cols`; w itself when it has that size already.
+torch::Tensor zero_padded(const torch::Tensor& w, int64_t rows, int64_t cols) {
+  if (w.size(1) == rows && w.size(2) == cols) return w;
+  return torch::constant_pad_nd(w, {0, cols - w.size(2), 0, rows - w.size(1)});
+}
+
 // Weights w [E, k, m] with the biases b [E, m] as row k, zero-padded to `rows` x `cols`.
 torch::Tensor with_bias_row(const torch::Tensor& w, const torch::Tensor& b, int64_t rows, int64_t cols) {
-  const int64_t E = w.size(0), k = w.size(1), m = w.size(2);
-  auto stacked = torch::cat({w, b.unsqueeze(1), torch::zeros({E, rows - k - 1, m}, w.options())}, 1);
-  return cols == m ? stacked : torch::constant_pad_nd(stacked, {0, cols - m});
+  return zero_padded(torch::cat({w, b.unsqueeze(1)}, 1), rows, cols);
+}
+
+// sum_j gate[t, j] * b[index[t, j]] for every token: the gates spread over all E experts [T, E]
+// times the biases [E, d]. Two small matmuls each way, where gathering a bias row per slot would make
+// the bias gradient a scatter-add.
+torch::Tensor gated_biases(const torch::Tensor& b, const torch::Tensor& expert_index, const torch::Tensor& gate) {
+  auto spread = torch::zeros({gate.size(0), b.size(0)}, gate.options()).scatter(1, expert_index, gate);
+  return torch::mm(spread, b.to(spread.scalar_type()));
 }
 
 }  // namespace
@@ -58,18 +70,19 @@ torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const tor
                                                const torch::Tensor& gate, ExpertKernel kernel) {
   auto layout = sort_slots_by_expert(expert_index, w_in.size(0));
   auto sorted_gate = gates_in_sorted_order(gate, layout);
-  torch::Tensor y;
+  torch::Tensor combined;
   if (kernel == ExpertKernel::GroupedMm) {
     // The cast and the bias column happen on the T token rows, before the gather makes k copies.
     const auto dtype = x.is_cuda() ? torch::kBFloat16 : x.scalar_type();  // the CPU runs ATen's fp32 loop
-    y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout), layout.counts,
-                   sorted_gate);
+    auto y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout),
+                        layout.counts, sorted_gate);
+    combined = first_columns(sum_slots(y, layout), x.size(1)) + gated_biases(b_out, expert_index, gate);
   } else {
-    y = per_expert_loop(gather_slots(x, layout), layout.counts);
-    y = y * sorted_gate.to(y.scalar_type()).unsqueeze(1);
+    auto y = per_expert_loop(gather_slots(x, layout), layout.counts);
+    combined = sum_slots(y * sorted_gate.to(y.scalar_type()).unsqueeze(1), layout);
   }
   // Under autocast the experts return bf16: summed in bf16, handed back in the residual stream's dtype.
-  return first_columns(sum_slots(y, layout), x.size(1)).to(x.scalar_type());
+  return combined.to(x.scalar_type());
 }
 
 torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts) {
@@ -85,22 +98,21 @@ torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torc
   return torch::cat(outputs);
 }
 
-// Group ends are a cumulative sum on the device, so nothing waits for the host. Each bias rides in
-// its matmul as an extra weight row against a column of ones: gathering a bias row per token would
-// make its gradient a scatter-add of every token's row onto one row per expert, thousands of
-// contended atomic adds per element. The gates scale the second matmul's input, bias column
-// included: g (a W + b) = [g a, g] [W; b]. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner
-// and output dimensions are padded with zeros to multiples of 8, which changes no result (zero
-// inputs times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
+// Group ends are a cumulative sum on the device, so nothing waits for the host. The input bias rides
+// in the first matmul as an extra weight row against a column of ones: gathering a bias row per slot
+// would make its gradient a scatter-add of every slot's row onto one row per expert, thousands of
+// contended atomic adds per element. The output bias is added per token after the combine
+// (gated_biases), so the second matmul takes the activation as it is. The gates scale the second
+// matmul's input: g (a W) = (g a) W. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner and
+// output dimensions are padded with zeros to multiples of 8, which changes no result (zero inputs
+// times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
 torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts, const torch::Tensor& gate) {
   const auto dtype = rows.scalar_type();
-  const int64_t d = w_in.size(1), h = w_in.size(2), h_in = round_up_to_8(h + 1);
+  const int64_t d = w_in.size(1), h = round_up_to_8(w_in.size(2));
   auto offsets = counts.cumsum(0).to(torch::kInt32);
-  auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), round_up_to_8(h)),
-                                offsets);
-  auto activation = with_ones_column(torch::gelu(first_columns(hidden, h)), h_in) * gate.to(dtype).unsqueeze(1);
-  return at::_grouped_mm(activation,
-                         with_bias_row(w_out.to(dtype), b_out.to(dtype), h_in, round_up_to_8(d)), offsets);
+  auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), h), offsets);
+  auto activation = torch::gelu(hidden) * gate.to(dtype).unsqueeze(1);
+  return at::_grouped_mm(activation, zero_padded(w_out.to(dtype), h, round_up_to_8(d)), offsets);
 }
 
 }  // namespace moelab
