@@ -101,7 +101,9 @@ TEST_F(Cuda, RoutersStayFp32UnderAutocast) {
     EXPECT_EQ(got.gate.scalar_type(), torch::kFloat) << router;
     auto same_expert = got.expert_index.cpu() == want.expert_index;
     EXPECT_TRUE((same_expert | (want.gate == 0)).all().item<bool>()) << router;
-    if (router != "kern") EXPECT_TRUE(same_expert.all().item<bool>()) << router;
+    if (router != "kern") {
+      EXPECT_TRUE(same_expert.all().item<bool>()) << router;
+    }
     // cuBLAS and the CPU sum the fp32 scores in different orders (up to 2e-5 apart); bf16 would be ~1e-2 off.
     EXPECT_LT(relative_error(got.gate, want.gate), 1e-4) << router;
   }
@@ -128,6 +130,36 @@ TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
   EXPECT_NEAR(gpu_loss.item<double>(), cpu_loss.item<double>(), 1e-5 * cpu_loss.item<double>());
   EXPECT_LT(relative_error(gpu_model->token_embedding->weight.grad(), cpu_model->token_embedding->weight.grad()), 1e-4);
   EXPECT_LT(relative_error(gpu_model->ln_final->weight.grad(), cpu_model->ln_final->weight.grad()), 1e-4);
+}
+
+// Under bf16 and fp16 autocast the loss takes the half-precision logits into an fp32 log-softmax
+// directly (no fp32 copy): it equals the cross-entropy of the same logits cast to fp32 first, and so
+// does the gradient that reaches the token embeddings (padded vocabulary of 257, as GPT-2's is).
+TEST_F(Cuda, HalfPrecisionLogitsGiveTheFp32CrossEntropy) {
+  auto config = small_moe("kern", 8, 2, 64, 64);
+  config.vocab_size = 257;
+  torch::manual_seed(19);
+  auto tokens = torch::randint(config.vocab_size, {2, config.seq_len + 1}).to(gpu);
+  auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
+  for (std::string precision : {"bf16", "fp16"}) {
+    Gpt model(config, 5), reference(config, 5);
+    model->to(gpu), reference->to(gpu);
+    torch::Tensor loss, cast_first;
+    {
+      AutocastScope autocast(gpu, precision);
+      loss = model->loss(inputs, targets);
+      auto out = reference->forward(inputs);
+      auto logits = out.logits.reshape({-1, config.vocab_size});
+      EXPECT_NE(logits.scalar_type(), torch::kFloat) << precision << ": the logits should be half precision";
+      cast_first = torch::cross_entropy_loss(logits.to(torch::kFloat), targets.reshape(-1)) + out.aux_loss;
+    }
+    EXPECT_EQ(loss.scalar_type(), torch::kFloat) << precision;
+    EXPECT_NEAR(loss.item<double>(), cast_first.item<double>(), 1e-5 * cast_first.item<double>()) << precision;
+    loss.backward();
+    cast_first.backward();
+    EXPECT_LT(relative_error(model->token_embedding->weight.grad(), reference->token_embedding->weight.grad()), 1e-3)
+        << precision;
+  }
 }
 
 // One bf16 training step as the trainer takes it (forward under autocast, backward, foreach clipping,
