@@ -12,7 +12,8 @@ it does now:
   when combining each token's k rows by batched 1 x k products (the last form measured on a GPU);
   the gates scaling the second matmul's input, its bias a weight row against a column of ones, so
   that combining is a plain sum; and that with the output bias added per token after the combine,
-  spread gates [T, E] times biases [E, d], so the second matmul takes the activation as it is (now).
+  spread gates [T, E] times biases [E, d], so the second matmul takes the activation as it is; and
+  that with each token's k rows summed by an embedding bag instead of a gather and a sum (now).
 Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
@@ -52,8 +53,11 @@ def bias_row(w, b, rows):
     return torch.cat([w, b.unsqueeze(1), w.new_zeros(w.shape[0], rows - w.shape[1] - 1, w.shape[2])], 1)
 
 
-def sum_per_token(rows, position_of_slot):
-    """rows in sorted order -> each token's K rows side by side, summed."""
+def sum_per_token(rows, position_of_slot, bags):
+    """rows in sorted order -> each token's K rows summed: gathered side by side and summed, or, with
+    bags, as an embedding bag of K rows per token, which reads them in place (as the engine does)."""
+    if bags:
+        return F.embedding_bag(position_of_slot.view(-1, K), rows, mode="sum")
     return rows.index_select(0, position_of_slot).view(-1, K, rows.shape[1]).sum(1)
 
 
@@ -61,28 +65,29 @@ class GatherSlots(torch.autograd.Function):
     """rows[p] = x[token_of_position[p]]; backward: each token sums its k slots' gradients."""
 
     @staticmethod
-    def forward(ctx, x, token_of_position, position_of_slot):
+    def forward(ctx, x, token_of_position, position_of_slot, bags):
         ctx.save_for_backward(position_of_slot)
+        ctx.bags = bags
         return x.index_select(0, token_of_position)
 
     @staticmethod
     def backward(ctx, grad):
         (position_of_slot,) = ctx.saved_tensors
-        return sum_per_token(grad, position_of_slot), None, None
+        return sum_per_token(grad, position_of_slot, ctx.bags), None, None, None
 
 
 class SumSlots(torch.autograd.Function):
     """GatherSlots' adjoint: out[t] = sum of token t's K rows; backward: a gather."""
 
     @staticmethod
-    def forward(ctx, rows, token_of_position, position_of_slot):
+    def forward(ctx, rows, token_of_position, position_of_slot, bags):
         ctx.save_for_backward(token_of_position)
-        return sum_per_token(rows, position_of_slot)
+        return sum_per_token(rows, position_of_slot, bags)
 
     @staticmethod
     def backward(ctx, grad):
         (token_of_position,) = ctx.saved_tensors
-        return grad.index_select(0, token_of_position), None, None
+        return grad.index_select(0, token_of_position), None, None, None
 
 
 class CombineSlots(torch.autograd.Function):
@@ -107,7 +112,7 @@ def expert_matmuls(rows, offsets, p, form, sorted_gate):
     """Each form's grouped matmuls; all but "combine" scale each row's second-matmul input by its gate."""
     w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
     a = F.gelu(torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets))
-    if form == "bias_after":
+    if form in ("bias_after", "bags"):
         return torch._grouped_mm(a * sorted_gate.to(a.dtype).unsqueeze(1), w_out, offsets)
     a = ones_column(a, pad8(H + 1))
     if form == "gates_inside":
@@ -122,12 +127,13 @@ def experts(x, index, gate, p, form):
     counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
     offsets = counts.cumsum(0).int()
     position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
-    rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position)
+    bags = form == "bags"
+    rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position, bags)
     y = expert_matmuls(rows, offsets, p, form, gate.flatten()[order])
     if form == "combine":
         return CombineSlots.apply(y, gate, token, order, position).float()
-    out = SumSlots.apply(y, token, position)
-    if form == "bias_after":
+    out = SumSlots.apply(y, token, position, bags)
+    if form in ("bias_after", "bags"):
         spread = torch.zeros(x.shape[0], E, device=x.device).scatter(1, index, gate)
         out = out + spread @ p[3]
     return out.float()
@@ -176,7 +182,8 @@ def main():
     measure("router kern, gamma as the weight norm's scale, then ReLU (the engine)", lambda: router_step("kern"))
     measure("layer, gates applied in the combine by batched 1 x K products (last measured on a GPU)", lambda: layer_step("combine"))
     measure("layer, gates inside the experts, output bias as a weight row", lambda: layer_step("gates_inside"))
-    measure("layer, gates inside the experts, output bias added after the combine (the engine)", lambda: layer_step("bias_after"))
+    measure("layer, gates inside the experts, output bias added after the combine", lambda: layer_step("bias_after"))
+    measure("layer, that with each token's k rows summed as an embedding bag (the engine)", lambda: layer_step("bags"))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ torch::Tensor rows_of_tokens(const torch::Tensor& x, const torch::Tensor& token_
   return x.index_select(0, token_of_position);
 }
 
-// rows [T*k, D] in sorted order -> [T, D]: each token's k rows brought side by side and summed.
+// rows [T*k, D] in sorted order -> [T, D]: each token's k rows summed. An embedding bag of fixed
+// size k per token reads the rows where they lie, instead of gathering a [T, k, D] copy to sum.
 torch::Tensor sum_per_token(const torch::Tensor& rows, const torch::Tensor& position_of_slot, int64_t k) {
-  const int64_t tokens = position_of_slot.size(0) / k;
-  return rows.index_select(0, position_of_slot).view({tokens, k, rows.size(1)}).sum(1);
+  namespace F = torch::nn::functional;
+  return F::embedding_bag(position_of_slot.view({-1, k}), rows, F::EmbeddingBagFuncOptions().mode(torch::kSum));
 }
 
 struct GatherSlots : torch::autograd::Function<GatherSlots> {

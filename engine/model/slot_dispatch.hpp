@@ -2,8 +2,9 @@
 // dispatch). Each of the T tokens fills k slots, one per chosen expert; sorting the T*k slots by
 // expert makes every expert's rows contiguous. Because every token owns exactly k slots, both
 // directions are permutations plus a sum over a token's k slots, so forward and backward are
-// gathers and dense reductions: no scatter-add, whose GPU atomics collide k ways per element. The
-// experts scale their rows by the gates themselves (experts.cpp), so combining is a plain sum.
+// gathers and per-token sums (embedding bags of k rows): no scatter-add, whose GPU atomics collide k
+// ways per element. The experts scale their rows by the gates themselves (experts.cpp), so
+// combining is a plain sum.
 #pragma once
 
 #include <torch/torch.h>
