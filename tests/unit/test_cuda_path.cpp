@@ -34,6 +34,23 @@ ModelConfig small_moe(const std::string& router, int experts, int top_k, int d_m
   return m;
 }
 
+// GPT-2's 50,257 tokens are not a multiple of 64, so CUDA pads the output projection; 257 does the same.
+ModelConfig unaligned_vocabulary_moe(const std::string& router) {
+  auto config = small_moe(router, 8, 2, 64, 64);
+  config.vocab_size = 257;
+  return config;
+}
+
+struct TokenBatch {
+  torch::Tensor inputs, targets;
+};
+
+// Random token sequences of the model's length, each target the next input.
+TokenBatch random_batch(const ModelConfig& m, int sequences) {
+  auto tokens = torch::randint(m.vocab_size, {sequences, m.seq_len + 1});
+  return {tokens.narrow(1, 0, m.seq_len), tokens.narrow(1, 1, m.seq_len)};
+}
+
 // Experts' weights are initialised by the model (GptImpl::initialise_weights), not by the layer.
 MoeLayer layer_with_random_experts(const ModelConfig& m) {
   MoeLayer layer(m, 1);
@@ -113,11 +130,9 @@ TEST_F(Cuda, RoutersStayFp32UnderAutocast) {
 // projection on CUDA: the logits keep its columns, and loss and gradients equal the CPU's, which
 // projects without padding.
 TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
-  auto config = small_moe("softmax", 8, 2, 64, 64);
-  config.vocab_size = 257;
+  auto config = unaligned_vocabulary_moe("softmax");
   torch::manual_seed(17);
-  auto tokens = torch::randint(config.vocab_size, {2, config.seq_len + 1});
-  auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
+  auto [inputs, targets] = random_batch(config, 2);
   Gpt cpu_model(config, 5), gpu_model(config, 5);
   gpu_model->to(gpu);
   auto cpu_loss = cpu_model->loss(inputs, targets);
@@ -136,11 +151,10 @@ TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
 // directly (no fp32 copy): it equals the cross-entropy of the same logits cast to fp32 first, and so
 // does the gradient that reaches the token embeddings (padded vocabulary of 257, as GPT-2's is).
 TEST_F(Cuda, HalfPrecisionLogitsGiveTheFp32CrossEntropy) {
-  auto config = small_moe("kern", 8, 2, 64, 64);
-  config.vocab_size = 257;
+  auto config = unaligned_vocabulary_moe("kern");
   torch::manual_seed(19);
-  auto tokens = torch::randint(config.vocab_size, {2, config.seq_len + 1}).to(gpu);
-  auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
+  auto batch = random_batch(config, 2);
+  auto inputs = batch.inputs.to(gpu), targets = batch.targets.to(gpu);
   for (std::string precision : {"bf16", "fp16"}) {
     Gpt model(config, 5), reference(config, 5);
     model->to(gpu), reference->to(gpu);
@@ -168,11 +182,10 @@ TEST_F(Cuda, HalfPrecisionLogitsGiveTheFp32CrossEntropy) {
 // lazy initialisation may synchronise once. A vocabulary of 257 takes the padded output projection,
 // as GPT-2's does.
 TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
-  auto config = small_moe("kern", 8, 2, 64, 64);
-  config.vocab_size = 257;
+  auto config = unaligned_vocabulary_moe("kern");
   torch::manual_seed(13);
-  auto tokens = torch::randint(config.vocab_size, {4, config.seq_len + 1}).to(gpu);
-  auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
+  auto batch = random_batch(config, 4);
+  auto inputs = batch.inputs.to(gpu), targets = batch.targets.to(gpu);
   Gpt model(config, 5);
   model->to(gpu);
   FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(3e-3));
@@ -212,8 +225,7 @@ TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
 TEST_F(Cuda, ModelLossAndTrainingInEveryPrecision) {
   auto config = small_moe("kern", 8, 2, 64, 64);
   torch::manual_seed(11);
-  auto tokens = torch::randint(config.vocab_size, {4, config.seq_len + 1});
-  auto inputs = tokens.narrow(1, 0, config.seq_len), targets = tokens.narrow(1, 1, config.seq_len);
+  auto [inputs, targets] = random_batch(config, 4);
   Gpt cpu_model(config, 5);
   const double cpu_loss = cpu_model->loss(inputs, targets).item<double>();
 
