@@ -147,9 +147,10 @@ TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
   EXPECT_LT(relative_error(gpu_model->ln_final->weight.grad(), cpu_model->ln_final->weight.grad()), 1e-4);
 }
 
-// Under bf16 and fp16 autocast the loss takes the half-precision logits into an fp32 log-softmax
-// directly (no fp32 copy): it equals the cross-entropy of the same logits cast to fp32 first, and so
-// does the gradient that reaches the token embeddings (padded vocabulary of 257, as GPT-2's is).
+// Under fp16 autocast the loss takes the fp16 logits into an fp32 log-softmax directly (no fp32
+// copy; bf16 logits are cast first): in both precisions it equals the cross-entropy of the same
+// logits cast to fp32 first, and so does the gradient that reaches the token embeddings (padded
+// vocabulary of 257, as GPT-2's is).
 TEST_F(Cuda, HalfPrecisionLogitsGiveTheFp32CrossEntropy) {
   auto config = unaligned_vocabulary_moe("kern");
   torch::manual_seed(19);
