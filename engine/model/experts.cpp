@@ -27,12 +27,14 @@ torch::Tensor zero_padded(const torch::Tensor& w, int64_t rows, int64_t cols) {
 
 // Weights w [E, k, m] with the biases b [E, m] as row k, zero-padded to `rows` x `cols`.
 torch::Tensor with_bias_row(const torch::Tensor& w, const torch::Tensor& b, int64_t rows, int64_t cols) {
-  return zero_padded(torch::cat({w, b.unsqueeze(1)}, 1), rows, cols);
+  const int64_t E = w.size(0), k = w.size(1), m = w.size(2);
+  // The zero rows join the concatenation, so that rows are padded in the same copy.
+  return zero_padded(torch::cat({w, b.unsqueeze(1), torch::zeros({E, rows - k - 1, m}, w.options())}, 1), rows, cols);
 }
 
 // sum_j gate[t, j] * b[index[t, j]] for every token: the gates spread over all E experts [T, E]
-// times the biases [E, d]. Two small matmuls each way, where gathering a bias row per slot would make
-// the bias gradient a scatter-add.
+// times the biases [E, d]: one small matmul forward and two backward, where gathering a bias row per
+// slot would make the bias gradient a scatter-add.
 torch::Tensor gated_biases(const torch::Tensor& b, const torch::Tensor& expert_index, const torch::Tensor& gate) {
   auto spread = torch::zeros({gate.size(0), b.size(0)}, gate.options()).scatter(1, expert_index, gate);
   return torch::mm(spread, b.to(spread.scalar_type()));
