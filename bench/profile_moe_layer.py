@@ -13,7 +13,8 @@ it does now:
   the gates scaling the second matmul's input, its bias a weight row against a column of ones, so
   that combining is a plain sum; and that with the output bias added per token after the combine,
   spread gates [T, E] times biases [E, d], so the second matmul takes the activation as it is; and
-  that with each token's k rows summed by an embedding bag instead of a gather and a sum (now).
+  that with each token's k rows summed by an embedding bag instead of a gather and a sum, and the
+  expert ids sorted as bytes (now).
 Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
@@ -122,7 +123,7 @@ def expert_matmuls(rows, offsets, p, form, sorted_gate):
 
 def experts(x, index, gate, p, form):
     flat = index.flatten()
-    order = flat.sort(stable=True).indices
+    order = (flat.to(torch.uint8) if form == "bags" else flat).sort(stable=True).indices
     token = order // K
     counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
     offsets = counts.cumsum(0).int()
@@ -183,7 +184,7 @@ def main():
     measure("layer, gates applied in the combine by batched 1 x K products (last measured on a GPU)", lambda: layer_step("combine"))
     measure("layer, gates inside the experts, output bias as a weight row", lambda: layer_step("gates_inside"))
     measure("layer, gates inside the experts, output bias added after the combine", lambda: layer_step("bias_after"))
-    measure("layer, that with each token's k rows summed as an embedding bag (the engine)", lambda: layer_step("bags"))
+    measure("layer, that with embedding-bag sums and expert ids sorted as bytes (the engine)", lambda: layer_step("bags"))
 
 
 if __name__ == "__main__":
