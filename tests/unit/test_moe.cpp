@@ -71,12 +71,14 @@ TEST_P(MoeDispatch, MatchesNaivePerTokenLoop) {
   EXPECT_EQ(layer->experts->w_in.size(2), expert_size / granularity);
 }
 
-// The last case has d_model 20 and hidden 12: the grouped kernel pads both to multiples of 8.
+// The case with d_model 20 and hidden 12: the grouped kernel pads both to multiples of 8. The last
+// has 320 experts, more than a byte's 256 ids, which the slot sort then keeps as int64 keys.
 INSTANTIATE_TEST_SUITE_P(
     ExpertsTopKGranularity, MoeDispatch,
     ::testing::Combine(::testing::Values(std::tuple{4, 1, 1, 32, 24}, std::tuple{8, 2, 1, 32, 24},
                                          std::tuple{8, 8, 1, 32, 24}, std::tuple{4, 2, 2, 32, 24},
-                                         std::tuple{16, 4, 4, 32, 24}, std::tuple{6, 2, 1, 12, 20}),
+                                         std::tuple{16, 4, 4, 32, 24}, std::tuple{6, 2, 1, 12, 20},
+                                         std::tuple{40, 2, 8, 32, 24}),
                        ::testing::Values(ExpertKernel::PerExpertLoop, ExpertKernel::GroupedMm)),
     dispatch_case_name);
 
