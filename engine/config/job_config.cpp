@@ -145,6 +145,7 @@ void parse_train(const json& j, TrainConfig& t) {
   r.read("keep_every", t.keep_every);
   r.read("device", t.device);
   r.read("threads", t.threads);
+  r.read("cuda_graph", t.cuda_graph);
   r.reject_unknown_keys();
 }
 
@@ -252,6 +253,7 @@ void validate(const JobConfig& c) {
   require(t.warmup >= 0, "train.warmup", "must be >= 0");
   require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)");
   require(t.threads >= 0, "train.threads", "must be >= 0");
+  require(!t.cuda_graph || t.device != "cpu", "train.cuda_graph", "needs a GPU, and train.device is cpu");
   require(t.keep_every >= 0, "train.keep_every", "must be >= 0");
 }
 
@@ -373,7 +375,8 @@ json JobConfig::to_json() const {
         {"warmup", t.warmup}, {"min_lr", t.min_lr}, {"betas", {t.beta1, t.beta2}}, {"weight_decay", t.weight_decay},
         {"grad_clip", t.grad_clip}, {"precision", t.precision}, {"log_every", t.log_every}, {"eval_every", t.eval_every},
         {"eval_batches", t.eval_batches}, {"checkpoint_every", t.checkpoint_every},
-        {"keep_checkpoints", t.keep_checkpoints}, {"keep_every", t.keep_every}, {"device", t.device}, {"threads", t.threads}}},
+        {"keep_checkpoints", t.keep_checkpoints}, {"keep_every", t.keep_every}, {"device", t.device}, {"threads", t.threads},
+        {"cuda_graph", t.cuda_graph}}},
       {"data", {{"train", data.train}, {"val", data.val}, {"tokenizer", data.tokenizer}}}};
 }
 
@@ -382,7 +385,7 @@ std::string JobConfig::hash() const {
   // none of those are identity: two ways of writing the same experiment are one job.
   json identity = to_json();
   identity.erase("name");
-  for (auto key : {"device", "threads", "keep_checkpoints", "keep_every"}) identity["train"].erase(key);
+  for (auto key : {"device", "threads", "cuda_graph", "keep_checkpoints", "keep_every"}) identity["train"].erase(key);
   return sha256_hex(identity.dump()).substr(0, 16);
 }
 

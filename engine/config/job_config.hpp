@@ -75,6 +75,7 @@ struct TrainConfig {
   int keep_every = 0;              // checkpoints at multiples of this step are never pruned (0: none)
   std::string device = "auto";     // auto|cpu|cuda
   int threads = 0;                 // CPU intra-op threads; 0 keeps LibTorch's default
+  bool cuda_graph = false;         // capture the step as one CUDA graph (engine/train/step_graph.hpp)
 
   int accumulation_steps() const { return batch_size / micro_batch; }
   // Each of `ranks` data-parallel processes trains on a contiguous share of a step's micro-batches,

@@ -16,10 +16,34 @@ torch::optim::AdamWParamState& FusedAdamW::state_of(const torch::Tensor& paramet
   return static_cast<torch::optim::AdamWParamState&>(*slot);
 }
 
+void FusedAdamW::set_learning_rate(double lr) {
+  for (size_t i = 0; i < param_groups().size(); ++i) {
+    static_cast<torch::optim::AdamWOptions&>(param_groups()[i].options()).lr(lr);
+    learning_rate_on_device(i);
+  }
+}
+
+// Written only when it changes: while a step is being captured it has been written already, so the
+// capture records no write of a fixed value.
+const torch::Tensor& FusedAdamW::learning_rate_on_device(size_t group) {
+  const auto& params = param_groups()[group].params();
+  static const torch::Tensor none;
+  if (params.empty() || !params.front().is_cuda()) return none;
+  if (device_learning_rates_.size() <= group) device_learning_rates_.resize(group + 1);
+  auto& [written, on_device] = device_learning_rates_[group];
+  const double lr = static_cast<const torch::optim::AdamWOptions&>(param_groups()[group].options()).lr();
+  if (!on_device.defined()) on_device = torch::empty({}, params.front().options().dtype(torch::kFloat));
+  else if (written == lr) return on_device;
+  on_device.fill_(lr);
+  written = lr;
+  return on_device;
+}
+
 torch::Tensor FusedAdamW::step(LossClosure closure) {
   TORCH_CHECK(!closure, "FusedAdamW: closures are not supported");
   torch::NoGradGuard no_grad;
-  for (auto& group : param_groups()) {
+  for (size_t group_index = 0; group_index < param_groups().size(); ++group_index) {
+    auto& group = param_groups()[group_index];
     const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
     TORCH_CHECK(!options.amsgrad(), "FusedAdamW: amsgrad is not supported");
     std::vector<torch::Tensor> parameters, gradients, exp_avgs, exp_avg_sqs, steps;
@@ -41,9 +65,13 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     // With found_inf set the kernel leaves parameters and moments alone; the step does not count.
     std::optional<torch::Tensor> found_inf;
     if (found_inf_.defined()) found_inf = found_inf_;
-    at::_fused_adamw_(parameters, gradients, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, options.lr(), beta1,
-                      beta2, options.weight_decay(), options.eps(), /*amsgrad=*/false, /*maximize=*/false,
-                      /*grad_scale=*/std::nullopt, found_inf);
+    auto update = [&](const auto& lr) {
+      at::_fused_adamw_(parameters, gradients, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
+                        options.weight_decay(), options.eps(), /*amsgrad=*/false, /*maximize=*/false,
+                        /*grad_scale=*/std::nullopt, found_inf);
+    };
+    const auto& lr_on_device = learning_rate_on_device(group_index);
+    lr_on_device.defined() ? update(lr_on_device) : update(options.lr());
     if (found_inf) torch::_foreach_sub_(steps, std::vector<torch::Tensor>(steps.size(), *found_inf));
   }
   if (scale_.defined()) {

@@ -21,6 +21,10 @@ class FusedAdamW : public torch::optim::AdamW {
  public:
   using torch::optim::AdamW::AdamW;
   torch::Tensor step(LossClosure closure = nullptr) override;
+  // Sets every group's learning rate. On CUDA the kernel reads it from the device, where this writes
+  // it, so that a captured step (step_graph.hpp) follows the schedule when replayed: call it before
+  // each step, outside any capture. (step() also writes a rate changed through the options.)
+  void set_learning_rate(double lr);
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
@@ -34,10 +38,14 @@ class FusedAdamW : public torch::optim::AdamW {
  private:
   torch::optim::AdamWParamState& state_of(const torch::Tensor& parameter);
   std::vector<torch::Tensor> gradients() const;
+  const torch::Tensor& learning_rate_on_device(size_t group);
   torch::Tensor scale_, growth_tracker_, found_inf_;  // defined when loss scaling is on
   // The fused kernel reads each parameter's step count from a tensor on its device; these mirror
   // the states' integer counts (which are what checkpoints store).
   std::unordered_map<c10::TensorImpl*, torch::Tensor> step_tensors_;
+  // Per group on CUDA: the learning rate on the device (fp32, as the kernel reads it) and the value
+  // last written there.
+  std::vector<std::pair<double, torch::Tensor>> device_learning_rates_;
 };
 
 // Total 2-norm of the parameters' gradients (parameters without one are skipped); when max_norm is

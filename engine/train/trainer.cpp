@@ -18,6 +18,7 @@
 #include "engine/train/data_parallel.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/schedule.hpp"
+#include "engine/train/step_graph.hpp"
 #include "engine/train/step_profile.hpp"
 
 namespace moelab {
@@ -69,10 +70,6 @@ std::unique_ptr<FusedAdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
   return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(t.lr));
 }
 
-void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-}
-
 std::string format_duration(double seconds) {
   char buffer[32];
   int s = int(seconds);
@@ -95,7 +92,9 @@ class Trainer {
         val_file_(c.data.val),
         batches_(c, train_file_, val_file_),
         device_(pick_device(c.train, launch)),
-        micro_batches_(c.train.micro_batches_per_rank(launch.world_size)) {
+        micro_batches_(c.train.micro_batches_per_rank(launch.world_size)),
+        inputs_(micro_batches_),
+        targets_(micro_batches_) {
     check_data(c, train_file_, "data.train");
     check_data(c, val_file_, "data.val");
     if (c.train.threads > 0) torch::set_num_threads(c.train.threads);
@@ -107,6 +106,10 @@ class Trainer {
     if (o.resume)
       if (auto checkpoint = find_checkpoint(o.run_dir, c)) resumed_ = load_checkpoint(*checkpoint, *model_, optimizer_.get());
     if (launch.distributed()) join_data_parallel();
+    if (c.train.cuda_graph) {
+      check_capturable();
+      graph_ = std::make_unique<StepGraph>(device_);
+    }
   }
 
   // Only rank 0 writes to the store; the other ranks train and take part in every collective.
@@ -196,21 +199,61 @@ class Trainer {
     return kExitOk;
   }
 
-  // One optimizer step over this rank's micro-batches. The loss of each micro-batch is divided by
+  // `train.cuda_graph` is refused, naming why, where the step could not be captured (see step_graph.hpp).
+  void check_capturable() const {
+    const auto& t = config_.train;
+    auto refuse = [](const std::string& why) { throw ConfigError("train.cuda_graph: " + why); };
+    if (!device_.is_cuda()) refuse("needs a GPU, and this job runs on the CPU (no CUDA device is visible)");
+    if (launch_.distributed())
+      refuse("not with data-parallel training (" + std::to_string(launch_.world_size) +
+             " ranks): the gradient all-reduce is not captured");
+    if (!model_->moe_layers().empty() && t.precision != "bf16")
+      refuse("MoE layers in " + t.precision +
+             " take the per-expert loop, which reads the expert counts on the host; use train.precision bf16");
+  }
+
+  StepResult train_step(int step) {
+    model_->train();
+    optimizer_->set_learning_rate(learning_rate(config_.train, step));
+    load_batches(step);
+    if (!graph_) return forward_backward_update();
+    auto outputs = graph_->run([this] {
+      auto result = forward_backward_update();
+      return std::vector<torch::Tensor>{result.loss, result.grad_norm};
+    });
+    return {outputs[0], outputs[1]};
+  }
+
+  // This rank's micro-batches of `step`. On CUDA they are copied into the same device tensors every
+  // step, from pinned memory without blocking: a captured step reads them there, and a copy from
+  // pageable memory would make the host wait until the GPU has drained, so it could not queue the
+  // next step while this one runs.
+  void load_batches(int step) {
+    for (int micro = 0; micro < micro_batches_; ++micro) {
+      auto batch = batches_.train_batch(step, launch_.rank * micro_batches_ + micro);
+      place(inputs_[micro], batch.inputs);
+      place(targets_[micro], batch.targets);
+    }
+  }
+
+  void place(torch::Tensor& slot, const torch::Tensor& batch) const {
+    if (slot.defined() && device_.is_cuda())
+      slot.copy_(batch.pin_memory(), /*non_blocking=*/true);
+    else
+      slot = on_device(batch);
+  }
+
+  // One optimizer step over the loaded micro-batches. The loss of each micro-batch is divided by
   // the micro-batches of the whole step, summed over ranks by the gradient all-reduce's mean times
   // the world size: gradients and loss equal those of one process taking the global batch.
-  StepResult train_step(int step) {
-    const auto& t = config_.train;
-    model_->train();
-    set_learning_rate(*optimizer_, learning_rate(t, step));
+  StepResult forward_backward_update() {
     optimizer_->zero_grad();
     auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device_));
     for (int micro = 0; micro < micro_batches_; ++micro) {
-      auto batch = batches_.train_batch(step, launch_.rank * micro_batches_ + micro);
       torch::Tensor loss;
       {
-        AutocastScope autocast(device_, t.precision);
-        loss = model_->loss(on_device(batch.inputs), on_device(batch.targets)) / micro_batches_;
+        AutocastScope autocast(device_, config_.train.precision);
+        loss = model_->loss(inputs_[micro], targets_[micro]) / micro_batches_;
       }
       if (parallel_ && micro == micro_batches_ - 1) parallel_->sync_next_backward();
       optimizer_->scale_loss(loss).backward();
@@ -247,8 +290,7 @@ class Trainer {
     return clip_gradient_norm(model_->parameters(), max_norm);
   }
 
-  // Batches go to the GPU from pinned memory without blocking: a copy from pageable memory makes the
-  // host wait until the GPU has drained, so it could not queue the next step while this one runs.
+  // Pinned first, so that the copy does not block the host (see load_batches).
   torch::Tensor on_device(const torch::Tensor& t) const {
     return device_.is_cuda() ? t.pin_memory().to(device_, /*non_blocking=*/true) : t;
   }
@@ -348,9 +390,11 @@ class Trainer {
   BatchSource batches_;
   torch::Device device_;
   int micro_batches_;  // this rank's micro-batches per step
+  std::vector<torch::Tensor> inputs_, targets_;  // the step's micro-batches (load_batches)
   Gpt model_{nullptr};
   std::unique_ptr<FusedAdamW> optimizer_;
   std::unique_ptr<DataParallel> parallel_;  // null in a single-process job
+  std::unique_ptr<StepGraph> graph_;        // train.cuda_graph only
   std::optional<Store> store_;              // rank 0 only
   Progress resumed_;
   Clock::time_point started_, interval_start_;

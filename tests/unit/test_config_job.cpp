@@ -47,9 +47,12 @@ TEST(JobConfig, HashIgnoresKeyOrderAndRunPlacementButNotContent) {
   auto a = parse_job_config(json::parse(R"({"seed": 1, "model": {"top_k": 2, "experts": 8}})"));
   auto b = parse_job_config(json::parse(R"({"model": {"experts": 8, "top_k": 2}, "seed": 1})"));
   auto on_cpu = parse_job_config(json::parse(R"({"seed": 1, "model": {"top_k": 2, "experts": 8}, "train": {"device": "cpu", "threads": 2}})"));
+  auto graphed = parse_job_config(json::parse(R"({"seed": 1, "model": {"top_k": 2, "experts": 8}, "train": {"cuda_graph": true}})"));
   auto other_seed = parse_job_config(json::parse(R"({"seed": 2, "model": {"top_k": 2, "experts": 8}})"));
   EXPECT_EQ(a.hash(), b.hash());
   EXPECT_EQ(a.hash(), on_cpu.hash());
+  EXPECT_EQ(a.hash(), graphed.hash());
+  EXPECT_TRUE(graphed.train.cuda_graph);
   EXPECT_NE(a.hash(), other_seed.hash());
   EXPECT_EQ(a.hash().size(), 16u);
   EXPECT_EQ(parse_job_config(a.to_json()).to_json(), a.to_json());  // the canonical form round-trips
@@ -67,6 +70,9 @@ TEST(JobConfig, ErrorsNameTheJsonPath) {
             "model.top_k: top_k 64 exceeds experts 32 (after granularity 8)");
   EXPECT_EQ(error_of(json{{"model", {{"balance", "aux_loss"}}}}), "model.aux_loss_coef: balance \"aux_loss\" needs a coefficient > 0");
   EXPECT_EQ(error_of(json{{"seed", 1.5}}), "seed: expected an integer, got 1.5");
+  EXPECT_EQ(error_of(json{{"train", {{"cuda_graph", true}, {"device", "cpu"}}}}),
+            "train.cuda_graph: needs a GPU, and train.device is cpu");
+  EXPECT_EQ(error_of(json{{"train", {{"cuda_graph", 1}}}}), "train.cuda_graph: expected a boolean, got 1");
   EXPECT_EQ(error_of(json::array()), "(top level): expected an object, got array");
 }
 

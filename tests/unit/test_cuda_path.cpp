@@ -6,9 +6,12 @@
 
 #include <c10/cuda/CUDAFunctions.h>
 
+#include <optional>
+
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
+#include "engine/train/step_graph.hpp"
 
 using namespace moelab;
 
@@ -258,4 +261,79 @@ TEST_F(Cuda, ModelLossAndTrainingInEveryPrecision) {
       EXPECT_GT(optimizer.loss_scale(), 1.0);
     }
   }
+}
+
+// On CUDA the fused kernel reads the learning rate from the device: a schedule set through
+// set_learning_rate, and a rate changed through the group's options, both reach it, as they reach
+// torch::optim::AdamW on the CPU.
+TEST_F(Cuda, FusedAdamWFollowsALearningRateSchedule) {
+  torch::manual_seed(3);
+  auto start = torch::randn({64, 32});
+  auto reference = start.clone().requires_grad_(true), on_gpu = start.to(gpu).requires_grad_(true);
+  const auto options = torch::optim::AdamWOptions(1e-2).weight_decay(0.1);
+  torch::optim::AdamW cpu_optimizer({reference}, options);
+  FusedAdamW gpu_optimizer({on_gpu}, options);
+  auto set_in_options = [](torch::optim::Optimizer& o, double lr) {
+    static_cast<torch::optim::AdamWOptions&>(o.param_groups()[0].options()).lr(lr);
+  };
+  for (int step = 1; step <= 20; ++step) {
+    const double lr = 1e-2 / step;
+    set_in_options(cpu_optimizer, lr);
+    step % 2 ? gpu_optimizer.set_learning_rate(lr) : set_in_options(gpu_optimizer, lr);
+    auto gradient = torch::randn({64, 32});
+    reference.mutable_grad() = gradient, on_gpu.mutable_grad() = gradient.to(gpu);
+    cpu_optimizer.step(), gpu_optimizer.step();
+  }
+  EXPECT_LT(relative_error(on_gpu.detach(), reference.detach()), 1e-5);
+}
+
+// A captured step computes what the eager step computes: a model trained eagerly and a copy trained
+// through StepGraph (two eager warm-up steps, the capture, then replays) on the same changing batches
+// and a falling learning rate end with the same losses and weights, to bf16's run-to-run noise. A
+// graph that kept the batch or the learning rate of its capture would drift far from the eager run.
+TEST_F(Cuda, CapturedStepsTrainAsEagerStepsDo) {
+  auto config = unaligned_vocabulary_moe("kern");
+  torch::manual_seed(17);
+  std::vector<TokenBatch> batches;
+  for (int s = 0; s < 8; ++s) batches.push_back(random_batch(config, 4));
+  struct Run {
+    std::vector<double> losses;
+    torch::Tensor weights;
+  };
+  auto train = [&](bool captured) {
+    Gpt model(config, 5);
+    model->to(gpu);
+    FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(3e-3));
+    auto inputs = batches[0].inputs.to(gpu), targets = batches[0].targets.to(gpu);
+    std::optional<StepGraph> graph;
+    if (captured) graph.emplace(gpu, /*warm_up_steps=*/2);
+    auto step = [&] {
+      optimizer.zero_grad();
+      torch::Tensor loss;
+      {
+        AutocastScope bf16(gpu, "bf16");
+        loss = model->loss(inputs, targets);
+      }
+      loss.backward();
+      auto norm = clip_gradient_norm(model->parameters(), 1.0);
+      optimizer.step();
+      return std::vector<torch::Tensor>{loss.detach(), norm};
+    };
+    Run run;
+    for (size_t s = 0; s < batches.size(); ++s) {
+      optimizer.set_learning_rate(3e-3 / double(s + 1));
+      inputs.copy_(batches[s].inputs), targets.copy_(batches[s].targets);
+      auto outputs = graph ? graph->run(step) : step();
+      run.losses.push_back(outputs[0].item<double>());
+    }
+    if (graph) EXPECT_TRUE(graph->captured());
+    std::vector<torch::Tensor> flat;
+    for (auto& p : model->parameters()) flat.push_back(p.detach().flatten().cpu());
+    run.weights = torch::cat(flat);
+    return run;
+  };
+  const auto eager = train(false), replayed = train(true);
+  for (size_t s = 0; s < eager.losses.size(); ++s)
+    EXPECT_NEAR(replayed.losses[s], eager.losses[s], 2e-3 * eager.losses[s]) << "step " << s;
+  EXPECT_LT(relative_error(replayed.weights, eager.weights), 2e-3);
 }
