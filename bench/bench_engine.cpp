@@ -1,15 +1,20 @@
 // Engine benchmarks (Google Benchmark): every router's forward+backward side by side (KERN must cost
 // what softmax costs), the MoE layer, and a whole training step of the demo configuration. Where a
 // CUDA device is visible the routers and the paper's MoE layer also run there (names ending in
-// /cuda), timed in real time with a device sync per iteration.
+// /cuda), timed in real time with a device sync per iteration; the routers also as a replayed CUDA
+// graph (/cuda_graph), which leaves out the host's kernel launches: what a router costs the GPU
+// inside a captured training step.
 // Run: build/bench/bench_engine [--benchmark_filter=Router]
 #include <benchmark/benchmark.h>
+
+#include <optional>
 
 #include "engine/config/job_config.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/heap.hpp"
 #include "engine/train/optimizer.hpp"
+#include "engine/train/step_graph.hpp"
 
 using namespace moelab;
 
@@ -29,19 +34,31 @@ void finish(const torch::Device& device) {
 }
 
 // CPU: 4096 tokens. CUDA: 8192 tokens (one micro-batch of 8 x 1024 of the 125M model), router math
-// in fp32 under bf16 autocast as in training.
-void RouterForwardBackward(benchmark::State& state, const std::string& router, torch::Device device) {
+// in fp32 under bf16 autocast as in training. Gradients are reset each iteration, as a training
+// step does (and a captured one must).
+void RouterForwardBackward(benchmark::State& state, const std::string& router, torch::Device device, bool captured) {
   torch::manual_seed(0);
   auto config = paper_layer(router);
   Router r(config, 0);
   r->to(device);
   auto x = torch::randn({device.is_cuda() ? 8192 : 4096, config.d_model}, torch::TensorOptions(device).requires_grad(true));
-  AutocastScope autocast(device, "bf16");
-  for (auto _ : state) {
+  auto step = [&] {
+    r->zero_grad();
+    x.mutable_grad() = torch::Tensor();
+    AutocastScope autocast(device, "bf16");
     auto routing = r(x);
     auto loss = routing.gate.sum() + routing.aux_loss;
     if (loss.requires_grad()) loss.backward();  // the parameter-free kmeans router has no backward
-    benchmark::DoNotOptimize(routing.gate.data_ptr());
+    return std::vector<torch::Tensor>{routing.gate};
+  };
+  std::optional<StepGraph> graph;
+  if (captured) {
+    graph.emplace(device, /*warm_up_steps=*/2);
+    while (!graph->captured()) graph->run(step);
+  }
+  for (auto _ : state) {
+    auto outputs = graph ? graph->run(step) : step();
+    benchmark::DoNotOptimize(outputs[0].data_ptr());
     finish(device);
   }
   state.SetItemsProcessed(state.iterations() * x.size(0));
@@ -66,11 +83,12 @@ void MoeLayerForwardBackwardCuda(benchmark::State& state, ExpertKernel kernel) {
 }
 
 void register_cuda_benchmarks() {
-  for (std::string router : {"softmax", "kern", "kern_after_topk", "sigmoid", "tanh", "kmeans"})
-    benchmark::RegisterBenchmark(("RouterForwardBackward/" + router + "/cuda").c_str(), RouterForwardBackward, router,
-                                 torch::Device(torch::kCUDA))
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+  for (bool captured : {false, true})
+    for (std::string router : {"softmax", "kern", "kern_after_topk", "sigmoid", "tanh", "kmeans"})
+      benchmark::RegisterBenchmark(("RouterForwardBackward/" + router + (captured ? "/cuda_graph" : "/cuda")).c_str(),
+                                   RouterForwardBackward, router, torch::Device(torch::kCUDA), captured)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
   for (auto [name, kernel] : {std::pair{"grouped_mm", ExpertKernel::GroupedMm}, std::pair{"loop", ExpertKernel::PerExpertLoop}})
     benchmark::RegisterBenchmark((std::string("MoeLayerForwardBackward/") + name + "/cuda").c_str(),
                                  MoeLayerForwardBackwardCuda, kernel)
@@ -141,12 +159,12 @@ BENCHMARK_CAPTURE(TorchAdamWStep, demo, 64)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(FusedAdamWStep, demo, 64)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(TorchAdamWStep, d256_e64, 256)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(FusedAdamWStep, d256_e64, 256)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, softmax, std::string("softmax"), torch::kCPU)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, kern, std::string("kern"), torch::kCPU)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, kern_after_topk, std::string("kern_after_topk"), torch::kCPU)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, sigmoid, std::string("sigmoid"), torch::kCPU)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, tanh, std::string("tanh"), torch::kCPU)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(RouterForwardBackward, kmeans, std::string("kmeans"), torch::kCPU)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, softmax, std::string("softmax"), torch::kCPU, false)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kern, std::string("kern"), torch::kCPU, false)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kern_after_topk, std::string("kern_after_topk"), torch::kCPU, false)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, sigmoid, std::string("sigmoid"), torch::kCPU, false)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, tanh, std::string("tanh"), torch::kCPU, false)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(RouterForwardBackward, kmeans, std::string("kmeans"), torch::kCPU, false)->Unit(benchmark::kMillisecond);
 BENCHMARK(MoeLayerForwardBackward)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(DemoTrainStep, kern, std::string("kern"))->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(DemoTrainStep, softmax, std::string("softmax"))->Unit(benchmark::kMillisecond);
