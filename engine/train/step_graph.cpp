@@ -13,13 +13,20 @@ namespace moelab {
 
 #ifdef MOELAB_WITH_CUDA
 
+namespace {
+
+// Capture needs a stream other than the default one. The work queued so far (the weights' upload, a
+// checkpoint's load) is finished first, since the new stream does not wait for it.
+c10::cuda::CUDAStream idle_side_stream(torch::Device device) {
+  c10::cuda::device_synchronize();
+  return c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
+}
+
+}  // namespace
+
 struct StepGraph::State {
-  // Capture needs a stream other than the default one; the work queued so far (the weights' upload,
-  // a checkpoint's load) is finished before this thread switches to it.
   State(torch::Device device, int warm_up_steps)
-      : stream((c10::cuda::device_synchronize(), c10::cuda::getStreamFromPool(false, device.index()))),
-        current(stream),
-        warm_up_left(warm_up_steps) {}
+      : stream(idle_side_stream(device)), current(stream), warm_up_left(warm_up_steps) {}
 
   c10::cuda::CUDAStream stream;
   c10::cuda::CUDAStreamGuard current;
