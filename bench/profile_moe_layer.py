@@ -123,10 +123,13 @@ def expert_matmuls(rows, offsets, p, form, sorted_gate):
 
 def experts(x, index, gate, p, form):
     flat = index.flatten()
-    order = (flat.to(torch.uint8) if form == "bags" else flat).sort(stable=True).indices
+    keys, order = (flat.to(torch.uint8) if form == "bags" else flat).sort(stable=True)
     token = order // K
-    counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
-    offsets = counts.cumsum(0).int()
+    if form == "bags":  # the engine's group ends: a binary search in the sorted ids
+        offsets = torch.searchsorted(keys, torch.arange(E, dtype=keys.dtype, device=x.device), out_int32=True, right=True)
+    else:
+        counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        offsets = counts.cumsum(0).int()
     position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
     bags = form == "bags"
     rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position, bags)

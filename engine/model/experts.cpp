@@ -77,30 +77,29 @@ torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const tor
     // The cast and the bias column happen on the T token rows, before the gather makes k copies.
     const auto dtype = x.is_cuda() ? torch::kBFloat16 : x.scalar_type();  // the CPU runs ATen's fp32 loop
     auto y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout),
-                        layout.counts, sorted_gate);
+                        layout.group_ends, sorted_gate);
     combined = first_columns(sum_slots(y, layout), x.size(1)) + gated_biases(b_out, expert_index, gate);
   } else {
-    auto y = per_expert_loop(gather_slots(x, layout), layout.counts);
+    auto y = per_expert_loop(gather_slots(x, layout), layout.group_ends);
     combined = sum_slots(y * sorted_gate.to(y.scalar_type()).unsqueeze(1), layout);
   }
   // Under autocast the experts return bf16: summed in bf16, handed back in the residual stream's dtype.
   return combined.to(x.scalar_type());
 }
 
-torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts) {
-  auto host_counts = counts.cpu();  // one copy to the host per layer sizes the groups
-  auto count = host_counts.accessor<int64_t, 1>();
+torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& group_ends) {
+  auto host_ends = group_ends.cpu();  // one copy to the host per layer sizes the groups
+  auto end = host_ends.accessor<int32_t, 1>();
   std::vector<torch::Tensor> outputs;
   int64_t start = 0;
-  for (int64_t e = 0; e < host_counts.size(0); ++e) {
-    if (count[e] == 0) continue;
-    outputs.push_back(apply_expert(e, rows.narrow(0, start, count[e])));
-    start += count[e];
+  for (int64_t e = 0; e < host_ends.size(0); ++e) {
+    if (end[e] > start) outputs.push_back(apply_expert(e, rows.narrow(0, start, end[e] - start)));
+    start = end[e];
   }
   return torch::cat(outputs);
 }
 
-// Group ends are a cumulative sum on the device, so nothing waits for the host. The input bias rides
+// The group ends stay on the device, so nothing waits for the host. The input bias rides
 // in the first matmul as an extra weight row against a column of ones: gathering a bias row per slot
 // would make its gradient a scatter-add of every slot's row onto one row per expert, thousands of
 // contended atomic adds per element. The output bias is added per token after the combine
@@ -108,13 +107,12 @@ torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torc
 // matmul's input: g (a W) = (g a) W. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner and
 // output dimensions are padded with zeros to multiples of 8, which changes no result (zero inputs
 // times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
-torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts, const torch::Tensor& gate) {
+torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& group_ends, const torch::Tensor& gate) {
   const auto dtype = rows.scalar_type();
   const int64_t d = w_in.size(1), h = round_up_to_8(w_in.size(2));
-  auto offsets = counts.cumsum(0).to(torch::kInt32);
-  auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), h), offsets);
+  auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), h), group_ends);
   auto activation = torch::gelu(hidden) * gate.to(dtype).unsqueeze(1);
-  return at::_grouped_mm(activation, zero_padded(w_out.to(dtype), h, round_up_to_8(d)), offsets);
+  return at::_grouped_mm(activation, zero_padded(w_out.to(dtype), h, round_up_to_8(d)), group_ends);
 }
 
 }  // namespace moelab

@@ -31,12 +31,12 @@ class ExpertsImpl : public torch::nn::Module {
   torch::Tensor w_in, b_in, w_out, b_out;  // [E, d, h], [E, h], [E, h, d], [E, d]
 
  private:
-  // Rows grouped by expert (counts [E] on the device); the result's rows match them.
-  torch::Tensor per_expert_loop(const torch::Tensor& rows, const torch::Tensor& counts);
+  // Rows grouped by expert (the layout's group ends [E] on the device); the result's rows match them.
+  torch::Tensor per_expert_loop(const torch::Tensor& rows, const torch::Tensor& group_ends);
   // Rows with the bias column of ones and zero padding already appended (with_ones_column), and
   // each row's gate [n]; the result's rows are the experts' outputs without their output bias,
   // scaled by their gates, its columns zero-padded to a multiple of 8.
-  torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& counts, const torch::Tensor& gate);
+  torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& group_ends, const torch::Tensor& gate);
 };
 TORCH_MODULE(Experts);
 

@@ -1,7 +1,5 @@
 #include "engine/model/slot_dispatch.hpp"
 
-#include "engine/model/router.hpp"
-
 namespace moelab {
 namespace {
 
@@ -49,11 +47,15 @@ SlotLayout sort_slots_by_expert(const torch::Tensor& expert_index, int64_t exper
   auto flat = expert_index.flatten();
   // Sorted as bytes when the expert ids fit one: a radix sort then passes over 8 key bits, not 64.
   auto keys = experts <= 256 ? flat.to(torch::kByte) : flat;
-  layout.slot_of_position = std::get<1>(keys.sort(/*stable=*/std::optional<bool>(true), /*dim=*/0));
+  auto [sorted_keys, order] = keys.sort(/*stable=*/std::optional<bool>(true), /*dim=*/0);
+  layout.slot_of_position = order;
   layout.token_of_position = layout.slot_of_position.div(layout.k, "floor");
   layout.position_of_slot = torch::empty_like(flat).scatter_(0, layout.slot_of_position,
                                                               torch::arange(flat.size(0), flat.options()));
-  layout.counts = count_per_expert(flat, experts);
+  // Found by binary search in the sorted ids: counting them would be thousands of atomic adds on E
+  // counters, then a cumulative sum and a cast.
+  layout.group_ends = torch::searchsorted(sorted_keys, torch::arange(experts, sorted_keys.options()), /*out_int32=*/true,
+                                          /*right=*/true);
   return layout;
 }
 
