@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "engine/config/job_config.hpp"
+#include "engine/model/cross_entropy.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/heap.hpp"
@@ -82,6 +83,28 @@ void MoeLayerForwardBackwardCuda(benchmark::State& state, ExpertKernel kernel) {
   state.SetItemsProcessed(state.iterations() * x.size(0));
 }
 
+// The 125M model's loss, forward and backward, over one micro-batch of bf16 logits (16 x 1024 tokens,
+// GPT-2's vocabulary padded to 50,304 with -inf logits): the engine's (the fused kernels where built)
+// against ATen's cross-entropy of the logits cast to fp32.
+void CrossEntropyForwardBackwardCuda(benchmark::State& state, bool engine) {
+  torch::manual_seed(0);
+  const torch::Device gpu(torch::kCUDA);
+  const int64_t rows = 16 * 1024, vocab = 50257, padded = 50304;
+  auto logits = torch::randn({rows, padded}, torch::TensorOptions(gpu).dtype(torch::kBFloat16));
+  logits.narrow(1, vocab, padded - vocab).fill_(-INFINITY);
+  logits.requires_grad_(true);
+  auto targets = torch::randint(vocab, {rows}, torch::TensorOptions(gpu).dtype(torch::kLong));
+  if (engine) state.SetLabel(fused_cross_entropy_applies(logits) ? "fused kernels" : "ATen (no fused kernels built)");
+  for (auto _ : state) {
+    logits.mutable_grad() = torch::Tensor();
+    auto loss = engine ? fp32_cross_entropy(logits, targets) : torch::cross_entropy_loss(logits.to(torch::kFloat), targets);
+    loss.backward();
+    benchmark::DoNotOptimize(logits.grad().data_ptr());
+    finish(gpu);
+  }
+  state.SetItemsProcessed(state.iterations() * rows);
+}
+
 void register_cuda_benchmarks() {
   for (bool captured : {false, true})
     for (std::string router : {"softmax", "kern", "kern_after_topk", "sigmoid", "tanh", "kmeans"})
@@ -92,6 +115,11 @@ void register_cuda_benchmarks() {
   for (auto [name, kernel] : {std::pair{"grouped_mm", ExpertKernel::GroupedMm}, std::pair{"loop", ExpertKernel::PerExpertLoop}})
     benchmark::RegisterBenchmark((std::string("MoeLayerForwardBackward/") + name + "/cuda").c_str(),
                                  MoeLayerForwardBackwardCuda, kernel)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  for (bool engine : {false, true})
+    benchmark::RegisterBenchmark(engine ? "CrossEntropyForwardBackward/engine/cuda" : "CrossEntropyForwardBackward/aten_fp32/cuda",
+                                 CrossEntropyForwardBackwardCuda, engine)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
 }

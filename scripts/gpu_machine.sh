@@ -187,7 +187,7 @@ check() {
     case $name in
       cuda_tests) stage cuda_tests 120 "$BIN_TEST" ;;
       router_bench)
-        stage router_bench 120 "$BIN_BENCH" --benchmark_filter=cuda --benchmark_repetitions=3 \
+        stage router_bench 180 "$BIN_BENCH" --benchmark_filter=cuda --benchmark_repetitions=3 \
           --benchmark_report_aggregates_only=true ;;
       profile) stage profile 90 python3 bench/profile_moe_layer.py ;;
       before_after | layer_before_after)  # only with .gpu/bin-before (MOELAB_BEFORE at bundle time)

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "engine/model/cross_entropy.hpp"
+
 namespace moelab {
 
 BlockImpl::BlockImpl(const ModelConfig& m, uint64_t seed) {
@@ -45,21 +47,6 @@ void GptImpl::initialise_weights(uint64_t seed) {
       p.zero_();
   }
 }
-
-namespace {
-
-// The loss is computed in fp32 whatever the logits' precision. On CUDA, fp16 logits go straight into
-// log-softmax's fp32 output (half_to_float), and its backward returns the gradient in fp16: no fp32
-// copy of the [tokens, vocab] logits and no cast of its gradient back (in bf16 these casts took 3.5
-// of 93 ms of the 125M model's step on an H200). ATen's CUDA kernels convert only Half this way, and
-// refuse bf16, so bf16 logits are cast first; the CPU has no such kernel.
-torch::Tensor fp32_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
-  if (logits.is_cuda() && logits.scalar_type() == torch::kHalf)
-    return torch::nll_loss(at::_log_softmax(logits, -1, /*half_to_float=*/true), targets);
-  return torch::cross_entropy_loss(logits.to(torch::kFloat), targets);
-}
-
-}  // namespace
 
 LmOutput GptImpl::forward(const torch::Tensor& tokens) {
   auto out = forward_padded(tokens);

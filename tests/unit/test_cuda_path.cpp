@@ -8,6 +8,7 @@
 
 #include <optional>
 
+#include "engine/model/cross_entropy.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
@@ -150,10 +151,10 @@ TEST_F(Cuda, UnalignedVocabularyGivesTheCpuLossAndGradients) {
   EXPECT_LT(relative_error(gpu_model->ln_final->weight.grad(), cpu_model->ln_final->weight.grad()), 1e-4);
 }
 
-// Under fp16 autocast the loss takes the fp16 logits into an fp32 log-softmax directly (no fp32
-// copy; bf16 logits are cast first): in both precisions it equals the cross-entropy of the same
-// logits cast to fp32 first, and so does the gradient that reaches the token embeddings (padded
-// vocabulary of 257, as GPT-2's is).
+// Under fp16 autocast the loss takes the fp16 logits into an fp32 log-softmax directly, and bf16
+// logits go through the fused kernels (no fp32 copy either way): in both precisions it equals the
+// cross-entropy of the same logits cast to fp32 first, and so does the gradient that reaches the
+// token embeddings (padded vocabulary of 257, as GPT-2's is).
 TEST_F(Cuda, HalfPrecisionLogitsGiveTheFp32CrossEntropy) {
   auto config = unaligned_vocabulary_moe("kern");
   torch::manual_seed(19);
@@ -336,4 +337,28 @@ TEST_F(Cuda, CapturedStepsTrainAsEagerStepsDo) {
   for (size_t s = 0; s < eager.losses.size(); ++s)
     EXPECT_NEAR(replayed.losses[s], eager.losses[s], 2e-3 * eager.losses[s]) << "step " << s;
   EXPECT_LT(relative_error(replayed.weights, eager.weights), 2e-3);
+}
+
+// The fused bf16 cross-entropy kernels give ATen's fp32 cross-entropy of the same logits: the loss
+// to fp32 accuracy and the logits' gradient to bf16 rounding, with GPT-2's padded vocabulary (-inf
+// logits in the last 47 columns, which get no gradient), an upstream gradient other than 1, and a
+// target in the last real column.
+TEST_F(Cuda, FusedCrossEntropyEqualsAtensInFp32) {
+  torch::manual_seed(21);
+  const int64_t rows = 300, vocab = 50257, padded = 50304;
+  auto logits = (3 * torch::randn({rows, padded})).to(gpu, torch::kBFloat16);
+  logits.narrow(1, vocab, padded - vocab).fill_(-INFINITY);
+  auto targets = torch::randint(vocab, {rows}, torch::kLong);
+  targets[0] = vocab - 1;
+  targets = targets.to(gpu);
+  ASSERT_TRUE(fused_cross_entropy_applies(logits));
+  EXPECT_FALSE(fused_cross_entropy_applies(logits.narrow(1, 0, vocab).contiguous())) << "rows of 50,257 are not 16-byte";
+  auto fused_input = logits.clone().requires_grad_(true), aten_input = logits.clone().requires_grad_(true);
+  auto fused = fp32_cross_entropy(fused_input, targets);
+  auto aten = torch::cross_entropy_loss(aten_input.to(torch::kFloat), targets);
+  EXPECT_NEAR(fused.item<double>(), aten.item<double>(), 1e-5 * aten.item<double>());
+  (2.5 * fused).backward();
+  (2.5 * aten).backward();
+  EXPECT_LT(relative_error(fused_input.grad(), aten_input.grad()), 4e-3);
+  EXPECT_TRUE(fused_input.grad().narrow(1, vocab, padded - vocab).eq(0).all().item<bool>());
 }
