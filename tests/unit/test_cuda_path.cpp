@@ -327,7 +327,9 @@ TEST_F(Cuda, CapturedStepsTrainAsEagerStepsDo) {
       auto outputs = graph ? graph->run(step) : step();
       run.losses.push_back(outputs[0].item<double>());
     }
-    if (graph) EXPECT_TRUE(graph->captured());
+    if (graph) {
+      EXPECT_TRUE(graph->captured());
+    }
     std::vector<torch::Tensor> flat;
     for (auto& p : model->parameters()) flat.push_back(p.detach().flatten().cpu());
     run.weights = torch::cat(flat);
