@@ -3,23 +3,12 @@
 #include <cmath>
 #include <random>
 
+#include "engine/model/kern_gate.hpp"
+
 namespace moelab {
 namespace {
 
-constexpr double kNormEps = 1e-8;
-
-// KERN: gamma * act(v / ||v||_2) along the last dimension of v [T, n], act = ReLU unless disabled.
-// The row normalisation is weight normalisation's fused kernel (one kernel each way; dividing by the
-// norm op by op takes five forward and about a dozen backward, which made KERN dearer than softmax),
-// and gamma is its scale g, so gamma's gradient comes out of that kernel too. ReLU then follows the
-// scaling: ReLU(gamma n) = gamma ReLU(n) for the positive gamma KERN starts from (1 or the Monte-Carlo
-// scale) and trains, and saves a multiply each way (at gamma <= 0 every gate is degenerate either way).
-// The kernel has no epsilon, so eps joins every score instead: an all-zero row becomes uniform rather
-// than 0/0, and any other gate moves by at most eps / ||v||, as with eps added to the norm.
-torch::Tensor kern_gate(const torch::Tensor& v, const torch::Tensor& gamma, bool relu) {
-  auto scaled = at::_weight_norm(v + kNormEps, gamma.to(v.dtype()).expand({v.size(0), 1}), /*dim=*/0);
-  return relu ? torch::relu(scaled) : scaled;
-}
+constexpr double kNormEps = 1e-8;  // keeps norms and sums off zero in divisions
 
 // Gate values over all experts for routers that score every expert before top-k.
 torch::Tensor dense_gates(const torch::Tensor& s, const GateRule& rule, const torch::Tensor& gamma) {

@@ -10,6 +10,7 @@
 
 #include "engine/model/cross_entropy.hpp"
 #include "engine/model/gpt.hpp"
+#include "engine/model/kern_gate.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/step_graph.hpp"
@@ -363,4 +364,36 @@ TEST_F(Cuda, FusedCrossEntropyEqualsAtensInFp32) {
   (2.5 * aten).backward();
   EXPECT_LT(relative_error(fused_input.grad(), aten_input.grad()), 4e-3);
   EXPECT_TRUE(fused_input.grad().narrow(1, vocab, padded - vocab).eq(0).all().item<bool>());
+}
+
+// The fused KERN gate kernels give what ATen's composition gives on the CPU, gates and the gradients
+// of the scores and of gamma, with and without ReLU, at widths below, at and above a warp (KERN-After
+// k = 5, 64 experts, 320 with granularity), including an all-negative row (no gate passes ReLU) and
+// an all-zero row (uniform through eps).
+TEST_F(Cuda, FusedKernGateEqualsTheCpuComposition) {
+  torch::manual_seed(23);
+  for (bool relu : {true, false})
+    for (int64_t n : {5, 64, 320}) {
+      auto scores = torch::randn({1000, n});
+      scores[1] = -scores[1].abs() - 0.1;
+      scores[2] = 0;
+      auto gamma = torch::full({}, 1.7);
+      auto upstream = torch::randn({1000, n});
+      auto run = [&](torch::Device device) {
+        auto v = scores.to(device).requires_grad_(true), g = gamma.to(device).requires_grad_(true);
+        auto gate = kern_gate(v, g, relu);
+        (gate * upstream.to(device)).sum().backward();
+        return std::vector<torch::Tensor>{gate.detach(), v.grad(), g.grad()};
+      };
+      ASSERT_TRUE(fused_kern_gate_applies(scores.to(gpu), gamma.to(gpu)));
+      auto fused = run(gpu), reference = run(torch::kCPU);
+      const std::string where = (relu ? "relu, n " : "no relu, n ") + std::to_string(n);
+      EXPECT_LT(relative_error(fused[0], reference[0]), 1e-6) << where << ": gates";
+      EXPECT_LT(relative_error(fused[1], reference[1]), 1e-5) << where << ": score gradient";
+      EXPECT_NEAR(fused[2].item<double>(), reference[2].item<double>(), 1e-5 * std::abs(reference[2].item<double>()))
+          << where << ": gamma gradient";
+      if (relu) {
+        EXPECT_TRUE(fused[0][1].eq(0).all().item<bool>()) << where << ": an all-negative row";
+      }
+    }
 }

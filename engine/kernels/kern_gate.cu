@@ -1,0 +1,83 @@
+#include "engine/kernels/kern_gate.hpp"
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace moelab::kernels {
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // one warp each
+
+__device__ float warp_sum(float x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+// ReLU as torch::relu has it: NaN stays NaN.
+__device__ float activate(float g, bool relu) { return relu && g < 0.f ? 0.f : g; }
+
+// Rows are whole warps, so a warp past the last row leaves before any shuffle.
+__device__ int64_t warp_row() { return int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; }
+
+__global__ void __launch_bounds__(kRowsPerBlock * 32)
+    forward_kernel(const float* __restrict__ v, const float* __restrict__ gamma, float* __restrict__ gate,
+                   float* __restrict__ norm_out, int64_t rows, int64_t n, float eps, bool relu) {
+  const int64_t row = warp_row();
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const float* u = v + row * n;
+  float squares = 0.f;
+  for (int64_t j = lane; j < n; j += 32) squares += (u[j] + eps) * (u[j] + eps);
+  const float norm = sqrtf(warp_sum(squares));
+  const float scale = *gamma / norm;
+  for (int64_t j = lane; j < n; j += 32) gate[row * n + j] = activate((u[j] + eps) * scale, relu);
+  if (lane == 0) norm_out[row] = norm;
+}
+
+// With y = u / ||u|| and h the gates' gradient where ReLU passed it: the scores' gradient is
+// gamma / ||u|| * (h - y * sum(h * y)), and gamma's is sum(h * y).
+__global__ void __launch_bounds__(kRowsPerBlock * 32)
+    backward_kernel(const float* __restrict__ v, const float* __restrict__ gamma, const float* __restrict__ norm_in,
+                    const float* __restrict__ grad_gate, float* __restrict__ grad_v,
+                    float* __restrict__ grad_gamma_per_row, int64_t rows, int64_t n, float eps, bool relu) {
+  const int64_t row = warp_row();
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const float* u = v + row * n;
+  const float* g = grad_gate + row * n;
+  const float norm = norm_in[row], scale = *gamma / norm;
+  auto passed = [&](int64_t j) { return !relu || (u[j] + eps) * scale > 0.f ? g[j] : 0.f; };
+  float hy = 0.f;
+  for (int64_t j = lane; j < n; j += 32) hy += passed(j) * ((u[j] + eps) / norm);
+  hy = warp_sum(hy);
+  for (int64_t j = lane; j < n; j += 32) grad_v[row * n + j] = scale * (passed(j) - (u[j] + eps) / norm * hy);
+  if (lane == 0) grad_gamma_per_row[row] = hy;
+}
+
+int64_t blocks_for(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
+
+void check_launch(const char* kernel) {
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) throw std::runtime_error(std::string(kernel) + ": " + cudaGetErrorString(error));
+}
+
+}  // namespace
+
+void kern_gate_forward(const float* v, const float* gamma, float* gate, float* norm, int64_t rows, int64_t n, float eps,
+                       bool relu, CUstream_st* stream) {
+  if (rows == 0) return;
+  forward_kernel<<<blocks_for(rows), kRowsPerBlock * 32, 0, stream>>>(v, gamma, gate, norm, rows, n, eps, relu);
+  check_launch("kern_gate_forward");
+}
+
+void kern_gate_backward(const float* v, const float* gamma, const float* norm, const float* grad_gate, float* grad_v,
+                        float* grad_gamma_per_row, int64_t rows, int64_t n, float eps, bool relu, CUstream_st* stream) {
+  if (rows == 0) return;
+  backward_kernel<<<blocks_for(rows), kRowsPerBlock * 32, 0, stream>>>(v, gamma, norm, grad_gate, grad_v,
+                                                                      grad_gamma_per_row, rows, n, eps, relu);
+  check_launch("kern_gate_backward");
+}
+
+}  // namespace moelab::kernels

@@ -1,0 +1,19 @@
+// KERN's gate function: g = gamma * act(v / ||v||_2) along the last dimension of scores v [T, n],
+// act = ReLU unless disabled (DESIGN.md "Routers").
+#pragma once
+
+#include <torch/torch.h>
+
+namespace moelab {
+
+// Added to every score before the norm: an all-zero row becomes uniform rather than 0/0, and any
+// other gate moves by at most eps / ||v||, as with eps added to the norm.
+constexpr double kKernScoreEps = 1e-8;
+
+torch::Tensor kern_gate(const torch::Tensor& v, const torch::Tensor& gamma, bool relu);
+
+// Whether kern_gate takes the fused kernels (engine/kernels/kern_gate.hpp) for these inputs: fp32
+// scores [T, n] and gamma on a GPU, in a build with the kernels.
+bool fused_kern_gate_applies(const torch::Tensor& v, const torch::Tensor& gamma);
+
+}  // namespace moelab
