@@ -127,13 +127,13 @@ class Trainer {
     return code;
   }
 
-  // `--profile-steps N`: warm-up steps (the allocator's first blocks, kernel autotuning), then N
-  // steps with rank 0 under the profiler. Writes <run dir>/profile/{trace.json,ops.csv} (and on CUDA
-  // operators.csv), nothing to the store.
+  // `--profile-steps N`: warm-up steps (the allocator's first blocks, kernel autotuning, and with
+  // train.cuda_graph the capture), then N steps with rank 0 under the profiler. Writes
+  // <run dir>/profile/{trace.json,ops.csv} (and on CUDA operators.csv), nothing to the store.
   int profile() {
     constexpr int kWarmUpSteps = 2;
     int step = resumed_.step;
-    for (int i = 0; i < kWarmUpSteps; ++i) train_step(++step);
+    for (int i = 0; i < kWarmUpSteps || (graph_ && !graph_->captured()); ++i) train_step(++step);
     const auto dir = std::filesystem::path(options_.run_dir) / "profile";
     std::optional<StepProfiler> profiler;
     if (launch_.rank == 0) {

@@ -56,6 +56,22 @@ TokenBatch random_batch(const ModelConfig& m, int sequences) {
   return {tokens.narrow(1, 0, m.seq_len), tokens.narrow(1, 1, m.seq_len)};
 }
 
+// One bf16 training step as the trainer takes it: forward under autocast, backward, foreach
+// clipping, fused AdamW. Returns the loss and the gradient norm, on the device.
+std::vector<torch::Tensor> bf16_training_step(Gpt& model, FusedAdamW& optimizer, const torch::Tensor& inputs,
+                                              const torch::Tensor& targets) {
+  optimizer.zero_grad();
+  torch::Tensor loss;
+  {
+    AutocastScope bf16(inputs.device(), "bf16");
+    loss = model->loss(inputs, targets);
+  }
+  loss.backward();
+  auto norm = clip_gradient_norm(model->parameters(), 1.0);
+  optimizer.step();
+  return {loss.detach(), norm};
+}
+
 // Experts' weights are initialised by the model (GptImpl::initialise_weights), not by the layer.
 MoeLayer layer_with_random_experts(const ModelConfig& m) {
   MoeLayer layer(m, 1);
@@ -182,11 +198,10 @@ TEST_F(Cuda, HalfPrecisionLogitsGiveTheFp32CrossEntropy) {
   }
 }
 
-// One bf16 training step as the trainer takes it (forward under autocast, backward, foreach clipping,
-// fused AdamW) never waits for the host: CUDA's sync debug mode makes every synchronising call (an
-// .item(), a pageable copy, torch::bincount's min/max) throw. The first step runs before it, since
-// lazy initialisation may synchronise once. A vocabulary of 257 takes the padded output projection,
-// as GPT-2's does.
+// One bf16 training step as the trainer takes it (bf16_training_step) never waits for the host:
+// CUDA's sync debug mode makes every synchronising call (an .item(), a pageable copy,
+// torch::bincount's min/max) throw. The first step runs before it, since lazy initialisation may
+// synchronise once. A vocabulary of 257 takes the padded output projection, as GPT-2's does.
 TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
   auto config = unaligned_vocabulary_moe("kern");
   torch::manual_seed(13);
@@ -195,17 +210,7 @@ TEST_F(Cuda, Bf16TrainingStepNeverWaitsForTheHost) {
   Gpt model(config, 5);
   model->to(gpu);
   FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(3e-3));
-  auto step = [&] {
-    optimizer.zero_grad();
-    torch::Tensor loss;
-    {
-      AutocastScope bf16(gpu, "bf16");
-      loss = model->loss(inputs, targets);
-    }
-    loss.backward();
-    clip_gradient_norm(model->parameters(), 1.0);
-    optimizer.step();
-  };
+  auto step = [&] { bf16_training_step(model, optimizer, inputs, targets); };
   step();
   auto& sync_debug = c10::cuda::warning_state();
   sync_debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
@@ -309,18 +314,7 @@ TEST_F(Cuda, CapturedStepsTrainAsEagerStepsDo) {
     auto inputs = batches[0].inputs.to(gpu), targets = batches[0].targets.to(gpu);
     std::optional<StepGraph> graph;
     if (captured) graph.emplace(gpu, /*warm_up_steps=*/2);
-    auto step = [&] {
-      optimizer.zero_grad();
-      torch::Tensor loss;
-      {
-        AutocastScope bf16(gpu, "bf16");
-        loss = model->loss(inputs, targets);
-      }
-      loss.backward();
-      auto norm = clip_gradient_norm(model->parameters(), 1.0);
-      optimizer.step();
-      return std::vector<torch::Tensor>{loss.detach(), norm};
-    };
+    auto step = [&] { return bf16_training_step(model, optimizer, inputs, targets); };
     Run run;
     for (size_t s = 0; s < batches.size(); ++s) {
       optimizer.set_learning_rate(3e-3 / double(s + 1));
