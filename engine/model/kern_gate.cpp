@@ -14,7 +14,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// One kernel each way, as softmax has; gamma's gradient is the sum of the rows' shares.
+// One kernel each way, as softmax has; gamma's gradient comes out of the backward kernel too.
 class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& v, const torch::Tensor& gamma, bool relu) {
@@ -32,13 +32,13 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
     const auto saved = ctx->get_saved_variables();
     const auto &v = saved[0], &gamma = saved[1], &norm = saved[2];
     auto grad_gate = grad[0].contiguous();
-    auto grad_v = torch::empty_like(v);
-    auto grad_gamma_per_row = torch::empty({v.size(0)}, v.options());
+    auto grad_v = torch::empty_like(v), grad_gamma = torch::empty_like(gamma);
+    auto partials = torch::empty({kernels::kern_gate_backward_blocks(v.size(0))}, v.options());
     kernels::kern_gate_backward(v.const_data_ptr<float>(), gamma.const_data_ptr<float>(), norm.const_data_ptr<float>(),
-                                grad_gate.const_data_ptr<float>(), grad_v.data_ptr<float>(),
-                                grad_gamma_per_row.data_ptr<float>(), v.size(0), v.size(1), kKernScoreEps,
+                                grad_gate.const_data_ptr<float>(), grad_v.data_ptr<float>(), grad_gamma.data_ptr<float>(),
+                                partials.data_ptr<float>(), v.size(0), v.size(1), kKernScoreEps,
                                 ctx->saved_data["relu"].toBool(), at::cuda::getCurrentCUDAStream());
-    return {grad_v, grad_gamma_per_row.sum().view_as(gamma), torch::Tensor()};
+    return {grad_v, grad_gamma, torch::Tensor()};
   }
 };
 
