@@ -172,11 +172,11 @@ def engine_tokens_per_s(binary, side, config_path, steps, work, run):
     db, run_dir = work / f"{side}-{run}.db", work / f"{side}-{run}"
     db.unlink(missing_ok=True)
     shutil.rmtree(run_dir, ignore_errors=True)
+    graph = ["--set", "train.cuda_graph=true"] if side == "graph" else []  # builds before it lack the key
     subprocess.run([binary, "train", "--quiet", "--config", config_path, "--db", db, "--run-dir", run_dir,
                     "--set", f"train.steps={steps}", "--set", f"train.log_every={LOG_EVERY}",
                     "--set", f"train.eval_every={steps}", "--set", f"train.checkpoint_every={steps}",
-                    "--set", "train.eval_batches=1", "--set", f"train.cuda_graph={str(side == 'graph').lower()}"],
-                   check=True)
+                    "--set", "train.eval_batches=1", *graph], check=True)
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT tokens_per_s FROM metrics WHERE split = 'train' ORDER BY step").fetchall()
     return statistics.median(r[0] for r in rows[1:])  # the first interval holds the warm-up
