@@ -15,7 +15,8 @@ medians and of the best runs.
 --before-bin PATH adds a side "before": `moelab` built from an earlier commit, to measure an engine
 change against its predecessor in the same run (--sides engine,before skips the PyTorch sides).
 The side "graph" is the engine with its step captured as a CUDA graph (train.cuda_graph; GPU only,
-bf16): --sides engine,graph measures what the capture buys.
+bf16), and "aten" the engine with moelab's own CUDA kernels turned off (MOELAB_ATEN_ONLY=1, ATen's
+kernels instead): --sides engine,aten,graph measures what each buys.
 """
 import argparse
 import json
@@ -173,10 +174,11 @@ def engine_tokens_per_s(binary, side, config_path, steps, work, run):
     db.unlink(missing_ok=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     graph = ["--set", "train.cuda_graph=true"] if side == "graph" else []  # builds before it lack the key
+    env = dict(os.environ, MOELAB_ATEN_ONLY="1" if side == "aten" else "0")
     subprocess.run([binary, "train", "--quiet", "--config", config_path, "--db", db, "--run-dir", run_dir,
                     "--set", f"train.steps={steps}", "--set", f"train.log_every={LOG_EVERY}",
                     "--set", f"train.eval_every={steps}", "--set", f"train.checkpoint_every={steps}",
-                    "--set", "train.eval_batches=1", *graph], check=True)
+                    "--set", "train.eval_batches=1", *graph], check=True, env=env)
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT tokens_per_s FROM metrics WHERE split = 'train' ORDER BY step").fetchall()
     return statistics.median(r[0] for r in rows[1:])  # the first interval holds the warm-up
@@ -238,8 +240,8 @@ def main():
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run, the first 10 warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sides", default="engine,eager,compile",
-                        help="comma-separated, in the order each repeat runs them: engine, before, graph, eager, compile "
-                             "(default engine,eager,compile, and before when --before-bin is given)")
+                        help="comma-separated, in the order each repeat runs them: engine, before, aten, graph, eager, "
+                             "compile (default engine,eager,compile, and before when --before-bin is given)")
     parser.add_argument("--before-bin", type=Path, help="moelab built from an earlier commit: the side 'before'")
     parser.add_argument("--batch-size", type=int, help="sequences per optimizer step (train.batch_size), both sides")
     parser.add_argument("--micro-batch", type=int, help="sequences per forward pass (train.micro_batch), both sides")
@@ -251,9 +253,9 @@ def main():
     sides = args.sides.split(",")
     if args.before_bin and "before" not in sides:
         sides.insert(1, "before")
-    unknown = set(sides) - {"engine", "before", "graph", "eager", "compile"}
+    unknown = set(sides) - {"engine", "before", "aten", "graph", "eager", "compile"}
     if unknown or "engine" not in sides:
-        sys.exit(f"--sides {args.sides}: choose among engine, before, graph, eager, compile, engine included")
+        sys.exit(f"--sides {args.sides}: choose among engine, before, aten, graph, eager, compile, engine included")
     if "before" in sides and not (args.before_bin and args.before_bin.exists()):
         sys.exit(f"the side 'before' needs --before-bin naming an existing moelab binary (got {args.before_bin})")
 
@@ -283,8 +285,8 @@ def main():
     parameters = None
     for run in range(args.repeats):
         for side in sides:
-            if side in ("engine", "before", "graph"):
-                binary = MOELAB if side == "engine" else args.before_bin
+            if side in ("engine", "before", "aten", "graph"):
+                binary = args.before_bin if side == "before" else MOELAB
                 results[side].append(engine_tokens_per_s(binary, side, config_path, args.steps, work, run))
             else:
                 tokens_per_s, parameters = pytorch_tokens_per_s(config, data, args.steps, side == "compile", device)

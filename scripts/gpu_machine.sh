@@ -167,7 +167,7 @@ layer_before_after() {
 }
 
 # Stages, in order; `check OUT SECONDS STAGE...` runs the ones named.
-ALL_STAGES=(cuda_tests router_bench profile before_after layer_before_after side_by_side cuda_graph step_profile
+ALL_STAGES=(cuda_tests router_bench profile before_after layer_before_after side_by_side variants step_profile
   engine_micro_batch_32 source_build)
 
 check() {
@@ -197,8 +197,9 @@ check() {
             --sides engine,before --before-bin "$BIN_BEFORE_MOELAB"
         else stage layer_before_after 150 layer_before_after; fi ;;
       side_by_side) stage side_by_side 300 side_by_side --steps 40 --repeats 1 --batch-size 16 --micro-batch 16 ;;
-      cuda_graph)  # the engine with and without its step captured as a CUDA graph (train.cuda_graph)
-        stage cuda_graph 180 side_by_side --steps 40 --repeats 2 --batch-size 16 --micro-batch 16 --sides engine,graph ;;
+      variants)  # the engine against itself with ATen's kernels only and with its step as a CUDA graph
+        stage variants 240 side_by_side --steps 40 --repeats 2 --batch-size 16 --micro-batch 16 \
+          --sides engine,aten,graph ;;
       step_profile)  # the engine's own training step, kernel by kernel (side_by_side wrote the 125M config)
         stage step_profile 120 "$BIN_MOELAB" train --config runs/side-by-side/config.json --db /tmp/step-profile.db \
           --run-dir /tmp/step-profile --profile-steps 5 &&

@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include "engine/kernels/cross_entropy.hpp"
+#include "engine/kernels/switch.hpp"
 #endif
 
 namespace moelab {
@@ -46,8 +47,9 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
 
 bool fused_cross_entropy_applies(const torch::Tensor& logits) {
 #ifdef MOELAB_WITH_CUDA_KERNELS
-  return logits.is_cuda() && logits.scalar_type() == torch::kBFloat16 && logits.dim() == 2 && logits.is_contiguous() &&
-         logits.size(1) % 8 == 0 && reinterpret_cast<uintptr_t>(logits.const_data_ptr()) % 16 == 0 &&
+  return kernels::own_kernels_enabled() && logits.is_cuda() && logits.scalar_type() == torch::kBFloat16 &&
+         logits.dim() == 2 && logits.is_contiguous() && logits.size(1) % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(logits.const_data_ptr()) % 16 == 0 &&
          at::cuda::getDeviceProperties(logits.device().index())->major >= 8;
 #else
   return false;

@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include "engine/kernels/kern_gate.hpp"
+#include "engine/kernels/switch.hpp"
 #endif
 
 namespace moelab {
@@ -48,8 +49,8 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
 
 bool fused_kern_gate_applies(const torch::Tensor& v, const torch::Tensor& gamma) {
 #ifdef MOELAB_WITH_CUDA_KERNELS
-  return v.is_cuda() && v.scalar_type() == torch::kFloat && v.dim() == 2 && v.is_contiguous() && gamma.numel() == 1 &&
-         gamma.device() == v.device() && gamma.scalar_type() == torch::kFloat;
+  return kernels::own_kernels_enabled() && v.is_cuda() && v.scalar_type() == torch::kFloat && v.dim() == 2 &&
+         v.is_contiguous() && gamma.numel() == 1 && gamma.device() == v.device() && gamma.scalar_type() == torch::kFloat;
 #else
   return false;
 #endif
