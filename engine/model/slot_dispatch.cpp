@@ -1,19 +1,44 @@
 #include "engine/model/slot_dispatch.hpp"
 
+#ifdef MOELAB_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+
+#include "engine/kernels/slot_rows.hpp"
+#include "engine/kernels/switch.hpp"
+#endif
+
 namespace moelab {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The two directions, each the other's gradient.
+// The two directions, each the other's gradient. On a GPU both take moelab's row kernels where the
+// rows allow (slot_row_kernels_apply), ATen's index_select and embedding bag elsewhere.
 torch::Tensor rows_of_tokens(const torch::Tensor& x, const torch::Tensor& token_of_position) {
+#ifdef MOELAB_WITH_CUDA_KERNELS
+  if (slot_row_kernels_apply(x)) {
+    auto rows = torch::empty({token_of_position.size(0), x.size(1)}, x.options());
+    kernels::gather_rows(x.const_data_ptr(), token_of_position.const_data_ptr<int64_t>(), rows.data_ptr(), rows.size(0),
+                         x.size(1) * x.element_size(), at::cuda::getCurrentCUDAStream());
+    return rows;
+  }
+#endif
   return x.index_select(0, token_of_position);
 }
 
 // rows [T*k, D] in sorted order -> [T, D]: each token's k rows summed. An embedding bag of fixed
 // size k per token reads the rows where they lie, instead of gathering a [T, k, D] copy to sum.
 torch::Tensor sum_per_token(const torch::Tensor& rows, const torch::Tensor& position_of_slot, int64_t k) {
+#ifdef MOELAB_WITH_CUDA_KERNELS
+  if (slot_row_kernels_apply(rows) && rows.scalar_type() == torch::kBFloat16) {
+    const int64_t tokens = position_of_slot.size(0) / k;
+    auto sums = torch::empty({tokens, rows.size(1)}, rows.options());
+    kernels::sum_rows_per_token(rows.const_data_ptr(), position_of_slot.const_data_ptr<int64_t>(), sums.data_ptr(),
+                                tokens, k, rows.size(1), at::cuda::getCurrentCUDAStream());
+    return sums;
+  }
+#endif
   namespace F = torch::nn::functional;
   return F::embedding_bag(position_of_slot.view({-1, k}), rows, F::EmbeddingBagFuncOptions().mode(torch::kSum));
 }
@@ -57,6 +82,15 @@ SlotLayout sort_slots_by_expert(const torch::Tensor& expert_index, int64_t exper
   layout.group_ends = torch::searchsorted(sorted_keys, torch::arange(experts, sorted_keys.options()), /*out_int32=*/true,
                                           /*right=*/true);
   return layout;
+}
+
+bool slot_row_kernels_apply(const torch::Tensor& rows) {
+#ifdef MOELAB_WITH_CUDA_KERNELS
+  return kernels::own_kernels_enabled() && rows.is_cuda() && rows.dim() == 2 && rows.is_contiguous() &&
+         rows.size(1) * rows.element_size() % 16 == 0 && reinterpret_cast<uintptr_t>(rows.const_data_ptr()) % 16 == 0;
+#else
+  return false;
+#endif
 }
 
 torch::Tensor gather_slots(const torch::Tensor& x, const SlotLayout& layout) { return GatherSlots::apply(x, layout); }

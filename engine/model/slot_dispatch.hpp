@@ -32,6 +32,11 @@ torch::Tensor gather_slots(const torch::Tensor& x, const SlotLayout& layout);
 // rows. Its gradient gathers each token's gradient to its k rows.
 torch::Tensor sum_slots(const torch::Tensor& rows, const SlotLayout& layout);
 
+// Whether the gathers and sums above take moelab's row kernels (engine/kernels/slot_rows.hpp) for
+// rows like these: on a GPU, contiguous, 16-byte rows (the sums: bf16 only), in a build with the
+// kernels, unless MOELAB_ATEN_ONLY is set.
+bool slot_row_kernels_apply(const torch::Tensor& rows);
+
 // gate [T, k] -> [T*k]: the gate of the slot at each sorted position.
 torch::Tensor gates_in_sorted_order(const torch::Tensor& gate, const SlotLayout& layout);
 

@@ -11,6 +11,7 @@
 #include "engine/model/cross_entropy.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/model/kern_gate.hpp"
+#include "engine/model/slot_dispatch.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/step_graph.hpp"
@@ -393,4 +394,24 @@ TEST_F(Cuda, FusedKernGateEqualsTheCpuComposition) {
       }
       EXPECT_EQ(run(gpu)[2].item<float>(), fused[2].item<float>()) << where << ": gamma's gradient again";
     }
+}
+
+// moelab's row kernels move what ATen's index_select and embedding bag move: gathering token rows to
+// their slots bit for bit (bf16 rows at the grouped kernel's padded width of 776, and fp32 rows as
+// the per-expert loop has them), and summing each token's k slot rows in fp32 before rounding to bf16.
+TEST_F(Cuda, SlotRowKernelsEqualAtens) {
+  torch::manual_seed(29);
+  const int64_t tokens = 1001, k = 8, experts = 64, width = 776;
+  auto layout = sort_slots_by_expert(torch::randint(experts, {tokens, k}).to(gpu), experts);
+  for (auto dtype : {torch::kBFloat16, torch::kFloat}) {
+    auto x = torch::randn({tokens, width}, torch::TensorOptions(gpu).dtype(dtype));
+    ASSERT_TRUE(slot_row_kernels_apply(x)) << dtype;
+    EXPECT_TRUE(torch::equal(gather_slots(x, layout), x.index_select(0, layout.token_of_position))) << dtype;
+  }
+  auto rows = torch::randn({tokens * k, width}, torch::TensorOptions(gpu).dtype(torch::kBFloat16));
+  namespace F = torch::nn::functional;
+  auto in_fp32 = F::embedding_bag(layout.position_of_slot.view({-1, k}), rows.to(torch::kFloat),
+                                  F::EmbeddingBagFuncOptions().mode(torch::kSum));
+  EXPECT_LT(relative_error(sum_slots(rows, layout), in_fp32), 2e-3);
+  EXPECT_LT(relative_error(sum_slots(rows, layout), in_fp32.to(torch::kBFloat16)), 2e-4) << "rounded once, at the end";
 }

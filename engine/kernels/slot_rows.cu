@@ -1,0 +1,77 @@
+#include "engine/kernels/slot_rows.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace moelab::kernels {
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // one warp each
+constexpr int kPerVector = 8;     // bf16 elements per 16 bytes
+
+__device__ int64_t warp_row() { return int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; }
+
+__global__ void gather_kernel(const uint4* __restrict__ x, const int64_t* __restrict__ index, uint4* __restrict__ out,
+                              int64_t out_rows, int64_t vectors_per_row) {
+  const int64_t row = warp_row();
+  if (row >= out_rows) return;
+  const uint4* from = x + index[row] * vectors_per_row;
+  uint4* to = out + row * vectors_per_row;
+  for (int64_t i = threadIdx.x % 32; i < vectors_per_row; i += 32) to[i] = from[i];
+}
+
+__global__ void sum_kernel(const uint4* __restrict__ rows, const int64_t* __restrict__ slots, uint4* __restrict__ out,
+                           int64_t tokens, int64_t k, int64_t vectors_per_row) {
+  const int64_t token = warp_row();
+  if (token >= tokens) return;
+  const int64_t* own = slots + token * k;
+  for (int64_t i = threadIdx.x % 32; i < vectors_per_row; i += 32) {
+    float total[kPerVector] = {};
+    for (int64_t j = 0; j < k; ++j) {
+      const uint4 v = rows[own[j] * vectors_per_row + i];
+      const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+      for (int p = 0; p < kPerVector / 2; ++p) {
+        const float2 f = __bfloat1622float2(pairs[p]);
+        total[2 * p] += f.x;
+        total[2 * p + 1] += f.y;
+      }
+    }
+    uint4 result;
+    auto* sums = reinterpret_cast<__nv_bfloat162*>(&result);
+#pragma unroll
+    for (int p = 0; p < kPerVector / 2; ++p) sums[p] = __floats2bfloat162_rn(total[2 * p], total[2 * p + 1]);
+    out[token * vectors_per_row + i] = result;
+  }
+}
+
+int64_t blocks_for(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
+
+void check_launch(const char* kernel) {
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) throw std::runtime_error(std::string(kernel) + ": " + cudaGetErrorString(error));
+}
+
+}  // namespace
+
+void gather_rows(const void* x, const int64_t* index, void* out, int64_t out_rows, int64_t row_bytes,
+                 CUstream_st* stream) {
+  if (out_rows == 0) return;
+  gather_kernel<<<blocks_for(out_rows), kRowsPerBlock * 32, 0, stream>>>(
+      static_cast<const uint4*>(x), index, static_cast<uint4*>(out), out_rows, row_bytes / int64_t(sizeof(uint4)));
+  check_launch("gather_rows");
+}
+
+void sum_rows_per_token(const void* rows, const int64_t* slots, void* out, int64_t tokens, int64_t k, int64_t width,
+                        CUstream_st* stream) {
+  if (tokens == 0) return;
+  sum_kernel<<<blocks_for(tokens), kRowsPerBlock * 32, 0, stream>>>(static_cast<const uint4*>(rows), slots,
+                                                                    static_cast<uint4*>(out), tokens, k,
+                                                                    width / kPerVector);
+  check_launch("sum_rows_per_token");
+}
+
+}  // namespace moelab::kernels
