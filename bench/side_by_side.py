@@ -180,8 +180,10 @@ def engine_tokens_per_s(binary, side, config_path, steps, work, run):
                     "--set", f"train.eval_every={steps}", "--set", f"train.checkpoint_every={steps}",
                     "--set", "train.eval_batches=1", *graph], check=True, env=env)
     with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT tokens_per_s FROM metrics WHERE split = 'train' ORDER BY step").fetchall()
-    return statistics.median(r[0] for r in rows[1:])  # the first interval holds the warm-up
+        rows = c.execute("SELECT tokens_per_s, loss FROM metrics WHERE split = 'train' ORDER BY step").fetchall()
+    # The first interval holds the warm-up. The last loss: engine sides train the same model on the
+    # same data, so theirs agree to bf16's run-to-run noise, a check that a variant computes the same.
+    return statistics.median(r[0] for r in rows[1:]), rows[-1][1]
 
 
 def pytorch_tokens_per_s(config, data, steps, compiled, device):
@@ -285,13 +287,15 @@ def main():
     parameters = None
     for run in range(args.repeats):
         for side in sides:
+            last_loss = ""
             if side in ("engine", "before", "aten", "graph"):
                 binary = args.before_bin if side == "before" else MOELAB
-                results[side].append(engine_tokens_per_s(binary, side, config_path, args.steps, work, run))
+                tokens_per_s, loss = engine_tokens_per_s(binary, side, config_path, args.steps, work, run)
+                last_loss = f" (loss at step {args.steps}: {loss:.4f})"
             else:
                 tokens_per_s, parameters = pytorch_tokens_per_s(config, data, args.steps, side == "compile", device)
-                results[side].append(tokens_per_s)
-            print(f"run {run}: {side} {results[side][-1]:.0f} tokens/s", flush=True)
+            results[side].append(tokens_per_s)
+            print(f"run {run}: {side} {tokens_per_s:.0f} tokens/s{last_loss}", flush=True)
 
     if parameters is not None:
         if parameters != sizes["total_params"]:
