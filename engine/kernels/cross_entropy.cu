@@ -4,8 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <stdexcept>
-#include <string>
+
+#include "engine/kernels/cuda_check.cuh"
 
 namespace moelab::kernels {
 namespace {
@@ -104,11 +104,6 @@ __global__ void __launch_bounds__(kThreads)
     }
     out[i] = result;
   }
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) throw std::runtime_error(std::string(kernel) + ": " + cudaGetErrorString(error));
 }
 
 }  // namespace

@@ -2,8 +2,7 @@
 
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
+#include "engine/kernels/cuda_check.cuh"
 
 namespace moelab::kernels {
 namespace {
@@ -79,11 +78,6 @@ __global__ void backward_kernel(const float* __restrict__ v, const float* __rest
 
 int64_t blocks_for(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
 
-void check_launch(const char* kernel) {
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) throw std::runtime_error(std::string(kernel) + ": " + cudaGetErrorString(error));
-}
-
 }  // namespace
 
 void kern_gate_forward(const float* v, const float* gamma, float* gate, float* norm, int64_t rows, int64_t n, float eps,
@@ -98,10 +92,7 @@ int64_t kern_gate_backward_blocks(int64_t rows) { return blocks_for(rows); }
 void kern_gate_backward(const float* v, const float* gamma, const float* norm, const float* grad_gate, float* grad_v,
                         float* grad_gamma, float* partials, int64_t rows, int64_t n, float eps, bool relu,
                         CUstream_st* stream) {
-  if (rows == 0) {
-    if (cudaMemsetAsync(grad_gamma, 0, sizeof(float), stream) != cudaSuccess) check_launch("kern_gate_backward");
-    return;
-  }
+  if (rows == 0) return check_cuda(cudaMemsetAsync(grad_gamma, 0, sizeof(float), stream), "kern_gate_backward");
   backward_kernel<<<blocks_for(rows), kRowsPerBlock * 32, 0, stream>>>(v, gamma, norm, grad_gate, grad_v, grad_gamma,
                                                                       partials, rows, n, eps, relu);
   check_launch("kern_gate_backward");

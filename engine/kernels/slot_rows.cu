@@ -3,8 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
+#include "engine/kernels/cuda_check.cuh"
 
 namespace moelab::kernels {
 namespace {
@@ -49,11 +48,6 @@ __global__ void sum_kernel(const uint4* __restrict__ rows, const int64_t* __rest
 }
 
 int64_t blocks_for(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
-
-void check_launch(const char* kernel) {
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) throw std::runtime_error(std::string(kernel) + ": " + cudaGetErrorString(error));
-}
 
 }  // namespace
 
