@@ -1,13 +1,20 @@
-// The CUDA path against the CPU's fp32 results: the grouped bf16 expert kernel (at::_grouped_mm with
-// device-side offsets), routers kept in fp32 under autocast, a whole model's loss on the GPU in fp32
-// and bf16, and training in bf16 and in fp16 with loss scaling. Every test is skipped where no CUDA
-// device is visible (CI has none); bench/gpu_machine.sh runs them on a GPU machine.
+// The CUDA path against the CPU's fp32 results and ATen's kernels: the grouped bf16 expert kernel
+// (at::_grouped_mm with device-side offsets), routers kept in fp32 under autocast, a whole model's
+// loss on the GPU in fp32 and bf16, training in bf16 and in fp16 with loss scaling, moelab's own
+// kernels (engine/kernels) and the captured training step (train.cuda_graph). Every test is skipped
+// where no CUDA device is visible (CI has none); scripts/gpu_machine.sh runs them on a GPU machine.
 #include <gtest/gtest.h>
 
 #include <c10/cuda/CUDAFunctions.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <optional>
+#include <random>
 
+#include "db/store.hpp"
+#include "engine/data/token_file.hpp"
 #include "engine/model/cross_entropy.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/model/kern_gate.hpp"
@@ -15,6 +22,7 @@
 #include "engine/train/autocast.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/step_graph.hpp"
+#include "engine/train/trainer.hpp"
 
 using namespace moelab;
 
@@ -414,4 +422,58 @@ TEST_F(Cuda, SlotRowKernelsEqualAtens) {
                                   F::EmbeddingBagFuncOptions().mode(torch::kSum));
   EXPECT_LT(relative_error(sum_slots(rows, layout), in_fp32), 2e-3);
   EXPECT_LT(relative_error(sum_slots(rows, layout), in_fp32.to(torch::kBFloat16)), 2e-4) << "rounded once, at the end";
+}
+
+// `train.cuda_graph` through the trainer, in this process (the GPU machines run this binary alone):
+// a tiny bf16 KERN model trained with its step captured (three eager warm-up steps, then replays;
+// two micro-batches per step, evaluation and checkpoints in between) records the losses that eager
+// training records, to bf16's run-to-run noise.
+TEST_F(Cuda, GraphTrainingRecordsTheEagerLosses) {
+  namespace fs = std::filesystem;
+  const auto root = fs::temp_directory_path() / ("moelab_cuda_graph_" + std::to_string(getpid()));
+  fs::create_directories(root);
+  {
+    std::mt19937 random(7);  // letters and spaces: enough text for the bytes tokenizer
+    std::string text(200000, ' ');
+    for (auto& c : text) c = random() % 6 == 0 ? ' ' : char('a' + random() % 26);
+    std::ofstream(root / "text.txt") << text;
+  }
+  prepare_dataset({.corpus = (root / "text.txt").string(), .tokenizer = "bytes", .out_dir = (root / "data").string()});
+  auto job = [&](bool captured) {
+    return parse_job_config(nlohmann::json{
+        {"name", captured ? "graph" : "eager"},
+        {"seed", 1},
+        {"model",
+         {{"vocab_size", 256}, {"seq_len", 32}, {"layers", 2}, {"d_model", 32}, {"heads", 4}, {"router", "kern"},
+          {"experts", 4}, {"top_k", 2}, {"expert_size", 32}}},
+        {"train",
+         {{"steps", 12}, {"batch_size", 8}, {"micro_batch", 4}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
+          {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 2}, {"checkpoint_every", 4}, {"precision", "bf16"},
+          {"device", "cuda"}, {"cuda_graph", captured}}},
+        {"data",
+         {{"train", (root / "data/train.bin").string()}, {"val", (root / "data/val.bin").string()},
+          {"tokenizer", "bytes"}}}});
+  };
+  auto train = [&](bool captured) {  // returns the job's store
+    TrainOptions options;
+    options.db_path = (root / (captured ? "graph.db" : "eager.db")).string();
+    options.run_dir = (root / (captured ? "graph" : "eager")).string();
+    options.progress = false;
+    EXPECT_EQ(train_job(job(captured), options), 0) << (captured ? "graph" : "eager");
+    return options.db_path;
+  };
+  auto losses = [](const std::string& db, const std::string& split) {
+    std::map<int64_t, double> out;
+    for (auto& row : Store(db).query("SELECT step, loss FROM metrics WHERE split = '" + split + "'"))
+      out[std::stoll(row[0])] = std::stod(row[1]);
+    return out;
+  };
+  const auto eager_db = train(false), graph_db = train(true);
+  for (std::string split : {"train", "val"}) {
+    auto eager = losses(eager_db, split), replayed = losses(graph_db, split);
+    ASSERT_EQ(replayed.size(), split == "train" ? 12u : 3u) << split;
+    ASSERT_EQ(eager.size(), replayed.size()) << split;
+    for (auto& [step, loss] : eager) EXPECT_NEAR(replayed.at(step), loss, 2e-3 * loss) << split << " step " << step;
+  }
+  fs::remove_all(root);
 }
