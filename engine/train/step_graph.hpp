@@ -13,7 +13,7 @@
 //    step is harmless, as it only runs on the host while capturing);
 //  - no data-parallel all-reduce (not capturable here) and no per-expert loop (it reads the expert
 //    counts on the host): MoE layers must take the grouped kernel, i.e. bf16.
-// The trainer checks these before it asks for a graph (capture_blocker in trainer.cpp).
+// The trainer checks these before it asks for a graph (check_capturable in trainer.cpp).
 #pragma once
 
 #include <torch/torch.h>
