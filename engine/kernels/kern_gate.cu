@@ -3,11 +3,10 @@
 #include <cuda_runtime.h>
 
 #include "engine/kernels/cuda_check.cuh"
+#include "engine/kernels/warp_per_row.cuh"
 
 namespace moelab::kernels {
 namespace {
-
-constexpr int kRowsPerBlock = 8;  // one warp each
 
 __device__ float warp_sum(float x) {
   for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
@@ -16,9 +15,6 @@ __device__ float warp_sum(float x) {
 
 // ReLU as torch::relu has it: NaN stays NaN.
 __device__ float activate(float g, bool relu) { return relu && g < 0.f ? 0.f : g; }
-
-// Rows are whole warps, so a warp past the last row can skip its row without breaking a shuffle.
-__device__ int64_t warp_row() { return int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; }
 
 __global__ void forward_kernel(const float* __restrict__ v, const float* __restrict__ gamma, float* __restrict__ gate,
                                float* __restrict__ norm_out, int64_t rows, int64_t n, float eps, bool relu) {
@@ -75,8 +71,6 @@ __global__ void backward_kernel(const float* __restrict__ v, const float* __rest
   total = warp_sum(total);
   if (lane == 0) *grad_gamma = total;
 }
-
-int64_t blocks_for(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
 
 }  // namespace
 

@@ -4,14 +4,12 @@
 #include <cuda_runtime.h>
 
 #include "engine/kernels/cuda_check.cuh"
+#include "engine/kernels/warp_per_row.cuh"
 
 namespace moelab::kernels {
 namespace {
 
-constexpr int kRowsPerBlock = 8;  // one warp each
-constexpr int kPerVector = 8;     // bf16 elements per 16 bytes
-
-__device__ int64_t warp_row() { return int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; }
+constexpr int kPerVector = 8;  // bf16 elements per 16 bytes
 
 __global__ void gather_kernel(const uint4* __restrict__ x, const int64_t* __restrict__ index, uint4* __restrict__ out,
                               int64_t out_rows, int64_t vectors_per_row) {
@@ -46,8 +44,6 @@ __global__ void sum_kernel(const uint4* __restrict__ rows, const int64_t* __rest
     out[token * vectors_per_row + i] = result;
   }
 }
-
-int64_t blocks_for(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
 
 }  // namespace
 
