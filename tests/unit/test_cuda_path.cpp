@@ -23,6 +23,7 @@
 #include "engine/train/optimizer.hpp"
 #include "engine/train/step_graph.hpp"
 #include "engine/train/trainer.hpp"
+#include "tiny_job.hpp"
 
 using namespace moelab;
 
@@ -440,19 +441,11 @@ TEST_F(Cuda, GraphTrainingRecordsTheEagerLosses) {
   }
   prepare_dataset({.corpus = (root / "text.txt").string(), .tokenizer = "bytes", .out_dir = (root / "data").string()});
   auto job = [&](bool captured) {
-    return parse_job_config(nlohmann::json{
-        {"name", captured ? "graph" : "eager"},
-        {"seed", 1},
-        {"model",
-         {{"vocab_size", 256}, {"seq_len", 32}, {"layers", 2}, {"d_model", 32}, {"heads", 4}, {"router", "kern"},
-          {"experts", 4}, {"top_k", 2}, {"expert_size", 32}}},
-        {"train",
-         {{"steps", 12}, {"batch_size", 8}, {"micro_batch", 4}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
-          {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 2}, {"checkpoint_every", 4}, {"precision", "bf16"},
-          {"device", "cuda"}, {"cuda_graph", captured}}},
-        {"data",
-         {{"train", (root / "data/train.bin").string()}, {"val", (root / "data/val.bin").string()},
-          {"tokenizer", "bytes"}}}});
+    return parse_job_config(moelab::testing::tiny_kern_job(
+        root / "data", captured ? "graph" : "eager", 1,
+        {{"steps", 12}, {"batch_size", 8}, {"micro_batch", 4}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
+         {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 2}, {"checkpoint_every", 4}, {"precision", "bf16"},
+         {"device", "cuda"}, {"cuda_graph", captured}}));
   };
   auto train = [&](bool captured) {  // returns the job's store
     TrainOptions options;

@@ -15,6 +15,7 @@
 
 #include "db/store.hpp"
 #include "run_moelab.hpp"
+#include "tiny_job.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/train/trainer.hpp"
 
@@ -37,18 +38,11 @@ class TrainCli : public ::testing::Test {
 
   // A tiny KERN model on the bytes data; `edit` changes fields before it is written.
   static json tiny_config() {
-    return json{{"name", "tiny"},
-                {"seed", 1},
-                {"model",
-                 {{"vocab_size", 256}, {"seq_len", 32}, {"layers", 2}, {"d_model", 32}, {"heads", 4}, {"router", "kern"},
-                  {"experts", 4}, {"top_k", 2}, {"expert_size", 32}}},
-                {"train",
-                 {{"steps", 12}, {"batch_size", 8}, {"micro_batch", 4}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
-                  {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 2}, {"checkpoint_every", 4},
-                  {"keep_checkpoints", 3}, {"precision", "fp32"}, {"device", "cpu"}, {"threads", 1}}},
-                {"data",
-                 {{"train", (root_ / "data/train.bin").string()}, {"val", (root_ / "data/val.bin").string()},
-                  {"tokenizer", "bytes"}}}};
+    return moelab::testing::tiny_kern_job(
+        root_ / "data", "tiny", 1,
+        {{"steps", 12}, {"batch_size", 8}, {"micro_batch", 4}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
+         {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 2}, {"checkpoint_every", 4}, {"keep_checkpoints", 3},
+         {"precision", "fp32"}, {"device", "cpu"}, {"threads", 1}});
   }
 
   std::string write_config(const json& config, const std::string& name) {

@@ -12,6 +12,7 @@
 #include "db/store.hpp"
 #include "engine/train/trainer.hpp"
 #include "run_moelab.hpp"
+#include "tiny_job.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -36,18 +37,11 @@ class TrainDataParallel : public ::testing::Test {
   // A tiny KERN model: 8 sequences per step in micro-batches of 2, so each of two ranks accumulates
   // two micro-batches; 3 validation batches do not split evenly over 2 ranks.
   static json tiny_config() {
-    return json{{"name", "tiny-dp"},
-                {"seed", 3},
-                {"model",
-                 {{"vocab_size", 256}, {"seq_len", 32}, {"layers", 2}, {"d_model", 32}, {"heads", 4}, {"router", "kern"},
-                  {"experts", 4}, {"top_k", 2}, {"expert_size", 32}}},
-                {"train",
-                 {{"steps", 8}, {"batch_size", 8}, {"micro_batch", 2}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
-                  {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 3}, {"checkpoint_every", 4},
-                  {"precision", "fp32"}, {"device", "cpu"}, {"threads", 1}}},
-                {"data",
-                 {{"train", (root_ / "data/train.bin").string()}, {"val", (root_ / "data/val.bin").string()},
-                  {"tokenizer", "bytes"}}}};
+    return moelab::testing::tiny_kern_job(
+        root_ / "data", "tiny-dp", 3,
+        {{"steps", 8}, {"batch_size", 8}, {"micro_batch", 2}, {"lr", 3e-3}, {"warmup", 2}, {"min_lr", 3e-4},
+         {"log_every", 1}, {"eval_every", 4}, {"eval_batches", 3}, {"checkpoint_every", 4}, {"precision", "fp32"},
+         {"device", "cpu"}, {"threads", 1}});
   }
 
   static std::string write_config(const json& config, const std::string& name) {
