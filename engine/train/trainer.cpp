@@ -217,10 +217,13 @@ class Trainer {
     optimizer_->set_learning_rate(learning_rate(config_.train, step));
     load_batches(step);
     if (!graph_) return forward_backward_update();
+    const bool was_captured = graph_->captured();
     auto outputs = graph_->run([this] {
       auto result = forward_backward_update();
       return std::vector<torch::Tensor>{result.loss, result.grad_norm};
     });
+    if (!was_captured && graph_->captured() && store_)
+      store_->log_event(job_id_, "info", "step " + std::to_string(step) + " captured as a CUDA graph; later steps replay it");
     return {outputs[0], outputs[1]};
   }
 

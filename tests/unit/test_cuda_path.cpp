@@ -428,7 +428,7 @@ TEST_F(Cuda, SlotRowKernelsEqualAtens) {
 // `train.cuda_graph` through the trainer, in this process (the GPU machines run this binary alone):
 // a tiny bf16 KERN model trained with its step captured (three eager warm-up steps, then replays;
 // two micro-batches per step, evaluation and checkpoints in between) records the losses that eager
-// training records, to bf16's run-to-run noise.
+// training records, to bf16's run-to-run noise; its store says the capture happened at step 4.
 TEST_F(Cuda, GraphTrainingRecordsTheEagerLosses) {
   namespace fs = std::filesystem;
   const auto root = fs::temp_directory_path() / ("moelab_cuda_graph_" + std::to_string(getpid()));
@@ -462,6 +462,9 @@ TEST_F(Cuda, GraphTrainingRecordsTheEagerLosses) {
     return out;
   };
   const auto eager_db = train(false), graph_db = train(true);
+  const std::string captured = "SELECT count(*) FROM events WHERE message LIKE 'step 4 captured as a CUDA graph%'";
+  EXPECT_EQ(Store(graph_db).query(captured)[0][0], "1");
+  EXPECT_EQ(Store(eager_db).query(captured)[0][0], "0");
   for (std::string split : {"train", "val"}) {
     auto eager = losses(eager_db, split), replayed = losses(graph_db, split);
     ASSERT_EQ(replayed.size(), split == "train" ? 12u : 3u) << split;
