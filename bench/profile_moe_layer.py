@@ -14,7 +14,8 @@ it does now:
   that combining is a plain sum; and that with the output bias added per token after the combine,
   spread gates [T, E] times biases [E, d], so the second matmul takes the activation as it is; and
   that with each token's k rows summed by an embedding bag instead of a gather and a sum, and the
-  expert ids sorted as bytes (now).
+  expert ids sorted as bytes; and that with the input bias added to the first matmul's output by a
+  one-hot [slots, E] x b_in product instead of riding in it as a weight row (now).
 Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
@@ -109,11 +110,16 @@ class CombineSlots(torch.autograd.Function):
         return grad_rows, grad_gate, None, None, None
 
 
-def expert_matmuls(rows, offsets, p, form, sorted_gate):
+def expert_matmuls(rows, offsets, p, form, sorted_gate, expert_of_position):
     """Each form's grouped matmuls; all but "combine" scale each row's second-matmul input by its gate."""
     w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
-    a = F.gelu(torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets))
-    if form in ("bias_after", "bags"):
+    if form == "bias_addmm":  # the engine: rows without the ones column, the input biases added in place
+        hidden = torch._grouped_mm(rows, w_in, offsets)
+        one_hot = rows.new_zeros(rows.shape[0], E).scatter_(1, expert_of_position.unsqueeze(1), 1)
+        a = F.gelu(hidden.addmm_(one_hot, b_in))
+    else:
+        a = F.gelu(torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets))
+    if form in ("bias_after", "bags", "bias_addmm"):
         return torch._grouped_mm(a * sorted_gate.to(a.dtype).unsqueeze(1), w_out, offsets)
     a = ones_column(a, pad8(H + 1))
     if form == "gates_inside":
@@ -123,21 +129,22 @@ def expert_matmuls(rows, offsets, p, form, sorted_gate):
 
 def experts(x, index, gate, p, form):
     flat = index.flatten()
-    keys, order = (flat.to(torch.uint8) if form == "bags" else flat).sort(stable=True)
+    bags = form in ("bags", "bias_addmm")
+    keys, order = (flat.to(torch.uint8) if bags else flat).sort(stable=True)
     token = order // K
-    if form == "bags":  # the engine's group ends: a binary search in the sorted ids
+    if bags:  # the engine's group ends: a binary search in the sorted ids
         offsets = torch.searchsorted(keys, torch.arange(E, dtype=keys.dtype, device=x.device), out_int32=True, right=True)
     else:
         counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
         offsets = counts.cumsum(0).int()
     position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
-    bags = form == "bags"
-    rows = GatherSlots.apply(ones_column(x.bfloat16(), pad8(D + 1)), token, position, bags)
-    y = expert_matmuls(rows, offsets, p, form, gate.flatten()[order])
+    rows = x.bfloat16() if form == "bias_addmm" else ones_column(x.bfloat16(), pad8(D + 1))
+    rows = GatherSlots.apply(rows, token, position, bags)
+    y = expert_matmuls(rows, offsets, p, form, gate.flatten()[order], keys.long())
     if form == "combine":
         return CombineSlots.apply(y, gate, token, order, position).float()
     out = SumSlots.apply(y, token, position, bags)
-    if form in ("bias_after", "bags"):
+    if form in ("bias_after", "bags", "bias_addmm"):
         spread = torch.zeros(x.shape[0], E, device=x.device).scatter(1, index, gate)
         out = out + spread @ p[3]
     return out.float()
@@ -187,7 +194,9 @@ def main():
     measure("layer, gates applied in the combine by batched 1 x K products (last measured on a GPU)", lambda: layer_step("combine"))
     measure("layer, gates inside the experts, output bias as a weight row", lambda: layer_step("gates_inside"))
     measure("layer, gates inside the experts, output bias added after the combine", lambda: layer_step("bias_after"))
-    measure("layer, that with embedding-bag sums and expert ids sorted as bytes (the engine)", lambda: layer_step("bags"))
+    measure("layer, that with embedding-bag sums and expert ids sorted as bytes", lambda: layer_step("bags"))
+    measure("layer, that with the input bias added by a one-hot matmul, not a weight row (the engine)",
+            lambda: layer_step("bias_addmm"))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ int64_t round_up_to_8(int64_t n) { return (n + 7) / 8 * 8; }
 // gradient into a zeroed tensor of t's size.
 torch::Tensor first_columns(const torch::Tensor& t, int64_t n) { return t.size(1) == n ? t : t.narrow(1, 0, n); }
 
-// x [n, k] with a column of ones appended and zeros after it up to `cols` columns.
-torch::Tensor with_ones_column(const torch::Tensor& x, int64_t cols) {
-  const int64_t n = x.size(0);
-  return torch::cat({x, torch::ones({n, 1}, x.options()), torch::zeros({n, cols - x.size(1) - 1}, x.options())}, 1);
+// x [n, k] zero-padded to `cols` columns; x itself when it has that many.
+torch::Tensor with_zero_columns(const torch::Tensor& x, int64_t cols) {
+  return x.size(1) == cols ? x : torch::constant_pad_nd(x, {0, cols - x.size(1)});
 }
 
 // Weights w [E, k, m] zero-padded to `rows` x `cols`; w itself when it has that size already.
@@ -25,19 +24,12 @@ torch::Tensor zero_padded(const torch::Tensor& w, int64_t rows, int64_t cols) {
   return torch::constant_pad_nd(w, {0, cols - w.size(2), 0, rows - w.size(1)});
 }
 
-// Weights w [E, k, m] with the biases b [E, m] as row k, zero-padded to `rows` x `cols`.
-torch::Tensor with_bias_row(const torch::Tensor& w, const torch::Tensor& b, int64_t rows, int64_t cols) {
-  const int64_t E = w.size(0), k = w.size(1), m = w.size(2);
-  // The zero rows join the concatenation, so that rows are padded in the same copy.
-  return zero_padded(torch::cat({w, b.unsqueeze(1), torch::zeros({E, rows - k - 1, m}, w.options())}, 1), rows, cols);
-}
-
-// sum_j gate[t, j] * b[index[t, j]] for every token: the gates spread over all E experts [T, E]
-// times the biases [E, d]: one small matmul forward and two backward, where gathering a bias row per
-// slot would make the bias gradient a scatter-add.
-torch::Tensor gated_biases(const torch::Tensor& b, const torch::Tensor& expert_index, const torch::Tensor& gate) {
-  auto spread = torch::zeros({gate.size(0), b.size(0)}, gate.options()).scatter(1, expert_index, gate);
-  return torch::mm(spread, b.to(spread.scalar_type()));
+// Each row's weights [n, j] spread over all E experts [n, E]: weight[r, i] in column index[r, i],
+// zero elsewhere. Times the experts' biases [E, m] this is each row's weighted sum of its experts'
+// biases as one small matmul, and the biases' gradient is a matmul too, where gathering a bias row
+// per row would make it a scatter-add of thousands of rows onto each expert's one (contended atomics).
+torch::Tensor spread_over_experts(const torch::Tensor& index, const torch::Tensor& weight, int64_t experts) {
+  return torch::zeros({weight.size(0), experts}, weight.options()).scatter(1, index, weight);
 }
 
 }  // namespace
@@ -74,11 +66,13 @@ torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const tor
   auto sorted_gate = gates_in_sorted_order(gate, layout);
   torch::Tensor combined;
   if (kernel == ExpertKernel::GroupedMm) {
-    // The cast and the bias column happen on the T token rows, before the gather makes k copies.
+    // The cast and the padding happen on the T token rows, before the gather makes k copies. The
+    // output bias is added per token after the combine: sum_j gate[t, j] * b_out[index[t, j]].
     const auto dtype = x.is_cuda() ? torch::kBFloat16 : x.scalar_type();  // the CPU runs ATen's fp32 loop
-    auto y = grouped_mm(gather_slots(with_ones_column(x.to(dtype), round_up_to_8(x.size(1) + 1)), layout),
-                        layout.group_ends, sorted_gate);
-    combined = first_columns(sum_slots(y, layout), x.size(1)) + gated_biases(b_out, expert_index, gate);
+    auto y = grouped_mm(gather_slots(with_zero_columns(x.to(dtype), round_up_to_8(x.size(1))), layout), layout,
+                        sorted_gate);
+    auto output_biases = torch::mm(spread_over_experts(expert_index, gate, b_out.size(0)), b_out.to(gate.scalar_type()));
+    combined = first_columns(sum_slots(y, layout), x.size(1)) + output_biases;
   } else {
     auto y = per_expert_loop(gather_slots(x, layout), layout.group_ends);
     combined = sum_slots(y * sorted_gate.to(y.scalar_type()).unsqueeze(1), layout);
@@ -99,20 +93,23 @@ torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torc
   return torch::cat(outputs);
 }
 
-// The group ends stay on the device, so nothing waits for the host. The input bias rides
-// in the first matmul as an extra weight row against a column of ones: gathering a bias row per slot
-// would make its gradient a scatter-add of every slot's row onto one row per expert, thousands of
-// contended atomic adds per element. The output bias is added per token after the combine
-// (gated_biases), so the second matmul takes the activation as it is. The gates scale the second
-// matmul's input: g (a W) = (g a) W. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner and
-// output dimensions are padded with zeros to multiples of 8, which changes no result (zero inputs
-// times zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
-torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const torch::Tensor& group_ends, const torch::Tensor& gate) {
+// The group ends stay on the device, so nothing waits for the host. The biases are not weight rows
+// of the matmuls (against a column of ones): that made the matmuls 776 wide for d = 768, one more
+// tile of 128 or 256 for 8 columns in three of the six products. The input biases are added to the
+// first product in place, as the one-hot rows of each slot's expert times b_in (spread_over_experts);
+// the output biases per token after the combine. The gates scale the second matmul's input:
+// g (a W) = (g a) W. The bf16 CUTLASS kernels want 16-byte aligned rows, so inner and output
+// dimensions are padded with zeros to multiples of 8, which changes no result (zero inputs times
+// zero weights; GELU(0) = 0 in the padded hidden units; padded outputs dropped).
+torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const SlotLayout& layout, const torch::Tensor& gate) {
   const auto dtype = rows.scalar_type();
   const int64_t d = w_in.size(1), h = round_up_to_8(w_in.size(2));
-  auto hidden = at::_grouped_mm(rows, with_bias_row(w_in.to(dtype), b_in.to(dtype), rows.size(1), h), group_ends);
+  auto hidden = at::_grouped_mm(rows, zero_padded(w_in.to(dtype), rows.size(1), h), layout.group_ends);
+  auto one_hot = spread_over_experts(layout.expert_of_position.unsqueeze(1),
+                                     torch::ones({rows.size(0), 1}, hidden.options()), w_in.size(0));
+  hidden.addmm_(one_hot, with_zero_columns(b_in.to(dtype), h));
   auto activation = torch::gelu(hidden) * gate.to(dtype).unsqueeze(1);
-  return at::_grouped_mm(activation, zero_padded(w_out.to(dtype), h, round_up_to_8(d)), group_ends);
+  return at::_grouped_mm(activation, zero_padded(w_out.to(dtype), h, round_up_to_8(d)), layout.group_ends);
 }
 
 }  // namespace moelab

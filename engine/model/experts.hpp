@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include "engine/model/slot_dispatch.hpp"
+
 namespace moelab {
 
 // How the expert groups are multiplied.
@@ -33,10 +35,10 @@ class ExpertsImpl : public torch::nn::Module {
  private:
   // Rows grouped by expert (the layout's group ends [E] on the device); the result's rows match them.
   torch::Tensor per_expert_loop(const torch::Tensor& rows, const torch::Tensor& group_ends);
-  // Rows with the bias column of ones and zero padding already appended (with_ones_column), and
-  // each row's gate [n]; the result's rows are the experts' outputs without their output bias,
-  // scaled by their gates, its columns zero-padded to a multiple of 8.
-  torch::Tensor grouped_mm(const torch::Tensor& rows, const torch::Tensor& group_ends, const torch::Tensor& gate);
+  // Rows in the layout's sorted order, zero-padded to a multiple of 8 columns, and each row's gate
+  // [n]; the result's rows are the experts' outputs without their output bias, scaled by their
+  // gates, its columns zero-padded to a multiple of 8.
+  torch::Tensor grouped_mm(const torch::Tensor& rows, const SlotLayout& layout, const torch::Tensor& gate);
 };
 TORCH_MODULE(Experts);
 

@@ -81,6 +81,7 @@ SlotLayout sort_slots_by_expert(const torch::Tensor& expert_index, int64_t exper
   // counters, then a cumulative sum and a cast.
   layout.group_ends = torch::searchsorted(sorted_keys, torch::arange(experts, sorted_keys.options()), /*out_int32=*/true,
                                           /*right=*/true);
+  layout.expert_of_position = sorted_keys.to(torch::kLong);
   return layout;
 }
 

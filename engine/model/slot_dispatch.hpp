@@ -17,6 +17,7 @@ struct SlotLayout {
   torch::Tensor token_of_position;  // [T*k] the token whose slot sits at position p
   torch::Tensor slot_of_position;   // [T*k] the token-major slot at position p
   torch::Tensor position_of_slot;   // [T*k] the inverse: where slot t*k + j sits
+  torch::Tensor expert_of_position; // [T*k] int64: the expert whose rows include position p (ascending)
   torch::Tensor group_ends;         // [E] int32: where each expert's rows end in sorted order, on the device
   int64_t tokens = 0, k = 0;
 };

@@ -56,12 +56,11 @@ TEST_P(MoeDispatch, MatchesNaivePerTokenLoop) {
 
   auto fast = layer->experts->forward_with_kernel(x, routing.expert_index, routing.gate, kernel);
   auto upstream = torch::randn_like(fast);
-  auto grads = torch::autograd::grad({(fast * upstream).sum()}, {x, layer->experts->w_in, layer->experts->b_out,
-                                                                  layer->router->parameters()[0]},
-                                     /*grad_outputs=*/{}, /*retain_graph=*/true);
+  const std::vector<torch::Tensor> inputs = {x, layer->experts->w_in, layer->experts->b_in, layer->experts->w_out,
+                                              layer->experts->b_out, layer->router->parameters()[0]};
+  auto grads = torch::autograd::grad({(fast * upstream).sum()}, inputs, /*grad_outputs=*/{}, /*retain_graph=*/true);
   auto slow = naive_moe(*layer->experts, x, routing.expert_index, routing.gate);
-  auto slow_grads = torch::autograd::grad({(slow * upstream).sum()}, {x, layer->experts->w_in, layer->experts->b_out,
-                                                                       layer->router->parameters()[0]});
+  auto slow_grads = torch::autograd::grad({(slow * upstream).sum()}, inputs);
   EXPECT_TRUE(torch::allclose(fast, slow, 1e-5, 1e-5)) << (fast - slow).abs().max();
   for (size_t i = 0; i < grads.size(); ++i)
     EXPECT_TRUE(torch::allclose(grads[i], slow_grads[i], 1e-5, 1e-5)) << "gradient " << i << ": "
