@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "engine/kernels/bf16_vector.cuh"
 #include "engine/kernels/cuda_check.cuh"
 
 namespace moelab::kernels {
@@ -14,7 +15,6 @@ namespace {
 // a dozen 16-byte vectors of it.
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kPerVector = 8;  // bf16 logits per 16-byte load
 
 // A running softmax denominator: sum of exp(v - max) over the values seen, and their max.
 struct MaxSum {
@@ -62,14 +62,10 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* vectors = reinterpret_cast<const uint4*>(x);
   MaxSum s{-INFINITY, 0.f};
   for (int64_t i = threadIdx.x; i < vocab / kPerVector; i += kThreads) {
-    const uint4 v = vectors[i];
-    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&v);
+    float f[kPerVector];
+    unpack(vectors[i], f);
 #pragma unroll
-    for (int p = 0; p < kPerVector / 2; ++p) {
-      const float2 f = __bfloat1622float2(pairs[p]);
-      add(s, f.x);
-      add(s, f.y);
-    }
+    for (int e = 0; e < kPerVector; ++e) add(s, f[e]);
   }
   s = block_merge(s);
   if (threadIdx.x == 0) {
@@ -90,19 +86,12 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* in = reinterpret_cast<const uint4*>(logits + row * vocab);
   uint4* out = reinterpret_cast<uint4*>(grad_logits + row * vocab);
   for (int64_t i = threadIdx.x; i < vocab / kPerVector; i += kThreads) {
-    const uint4 v = in[i];
-    uint4 result;
-    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&v);
-    auto* gradients = reinterpret_cast<__nv_bfloat162*>(&result);
+    float f[kPerVector];
+    unpack(in[i], f);
 #pragma unroll
-    for (int p = 0; p < kPerVector / 2; ++p) {
-      const int64_t column = i * kPerVector + 2 * p;
-      float2 f = __bfloat1622float2(pairs[p]);
-      f.x = (expf(f.x - row_lse) - (column == target ? 1.f : 0.f)) * scale;
-      f.y = (expf(f.y - row_lse) - (column + 1 == target ? 1.f : 0.f)) * scale;
-      gradients[p] = __float22bfloat162_rn(f);
-    }
-    out[i] = result;
+    for (int e = 0; e < kPerVector; ++e)
+      f[e] = (expf(f[e] - row_lse) - (i * kPerVector + e == target ? 1.f : 0.f)) * scale;
+    out[i] = pack(f);
   }
 }
 

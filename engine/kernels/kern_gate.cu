@@ -8,11 +8,6 @@
 namespace moelab::kernels {
 namespace {
 
-__device__ float warp_sum(float x) {
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
 // ReLU as torch::relu has it: NaN stays NaN.
 __device__ float activate(float g, bool relu) { return relu && g < 0.f ? 0.f : g; }
 

@@ -1,15 +1,13 @@
 #include "engine/kernels/slot_rows.hpp"
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "engine/kernels/bf16_vector.cuh"
 #include "engine/kernels/cuda_check.cuh"
 #include "engine/kernels/warp_per_row.cuh"
 
 namespace moelab::kernels {
 namespace {
-
-constexpr int kPerVector = 8;  // bf16 elements per 16 bytes
 
 __global__ void gather_kernel(const uint4* __restrict__ x, const int64_t* __restrict__ index, uint4* __restrict__ out,
                               int64_t out_rows, int64_t vectors_per_row) {
@@ -28,20 +26,12 @@ __global__ void sum_kernel(const uint4* __restrict__ rows, const int64_t* __rest
   for (int64_t i = threadIdx.x % 32; i < vectors_per_row; i += 32) {
     float total[kPerVector] = {};
     for (int64_t j = 0; j < k; ++j) {
-      const uint4 v = rows[own[j] * vectors_per_row + i];
-      const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&v);
+      float row[kPerVector];
+      unpack(rows[own[j] * vectors_per_row + i], row);
 #pragma unroll
-      for (int p = 0; p < kPerVector / 2; ++p) {
-        const float2 f = __bfloat1622float2(pairs[p]);
-        total[2 * p] += f.x;
-        total[2 * p + 1] += f.y;
-      }
+      for (int e = 0; e < kPerVector; ++e) total[e] += row[e];
     }
-    uint4 result;
-    auto* sums = reinterpret_cast<__nv_bfloat162*>(&result);
-#pragma unroll
-    for (int p = 0; p < kPerVector / 2; ++p) sums[p] = __floats2bfloat162_rn(total[2 * p], total[2 * p + 1]);
-    out[token * vectors_per_row + i] = result;
+    out[token * vectors_per_row + i] = pack(total);
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "engine/model/gated_gelu.hpp"
 #include "engine/model/slot_dispatch.hpp"
 
 namespace moelab {
@@ -108,7 +109,7 @@ torch::Tensor ExpertsImpl::grouped_mm(const torch::Tensor& rows, const SlotLayou
   auto one_hot = spread_over_experts(layout.expert_of_position.unsqueeze(1),
                                      torch::ones({rows.size(0), 1}, hidden.options()), w_in.size(0));
   hidden.addmm_(one_hot, with_zero_columns(b_in.to(dtype), h));
-  auto activation = torch::gelu(hidden) * gate.to(dtype).unsqueeze(1);
+  auto activation = gated_gelu(hidden, gate);
   return at::_grouped_mm(activation, zero_padded(w_out.to(dtype), h, round_up_to_8(d)), layout.group_ends);
 }
 

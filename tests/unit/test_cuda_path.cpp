@@ -16,6 +16,7 @@
 #include "db/store.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/model/cross_entropy.hpp"
+#include "engine/model/gated_gelu.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/model/kern_gate.hpp"
 #include "engine/model/slot_dispatch.hpp"
@@ -423,6 +424,42 @@ TEST_F(Cuda, SlotRowKernelsEqualAtens) {
                                   F::EmbeddingBagFuncOptions().mode(torch::kSum));
   EXPECT_LT(relative_error(sum_slots(rows, layout), in_fp32), 2e-3);
   EXPECT_LT(relative_error(sum_slots(rows, layout), in_fp32.to(torch::kBFloat16)), 2e-4) << "rounded once, at the end";
+}
+
+// The fused gated-GELU kernels give the fp32 composition GELU(h) * gate of the same bf16 hidden
+// units: the output and the hidden units' gradient to bf16 rounding, the gates' gradient (a row sum
+// in fp32 over the same products) to fp32 accumulation order. 1003 rows leave the last block part
+// empty; 392 columns make some lanes of a row's warp take two vectors and others one. A zero gate
+// gives exact zeros, a negative one flips the sign.
+TEST_F(Cuda, FusedGatedGeluEqualsTheFp32Composition) {
+  torch::manual_seed(31);
+  const int64_t rows = 1003, width = 392;
+  auto hidden = (torch::randn({rows, width}, gpu) * 2).to(torch::kBFloat16);
+  auto gate = torch::rand({rows}, gpu);
+  gate.narrow(0, 0, 1).fill_(0.0);
+  gate.narrow(0, 1, 1).fill_(-0.5);
+  auto upstream = torch::randn({rows, width}, gpu).to(torch::kBFloat16);
+  ASSERT_TRUE(fused_gated_gelu_applies(hidden, gate));
+  EXPECT_FALSE(fused_gated_gelu_applies(hidden.narrow(1, 0, 390).contiguous(), gate)) << "rows of 390 are not 16-byte";
+  EXPECT_FALSE(fused_gated_gelu_applies(hidden.to(torch::kFloat), gate)) << "fp32 takes ATen's ops";
+
+  auto gradients = [&](const torch::Tensor& h, const torch::Tensor& g, const torch::Tensor& out) {
+    return torch::autograd::grad({(out.to(torch::kFloat) * upstream.to(torch::kFloat)).sum()}, {h, g});
+  };
+  auto h = hidden.clone().requires_grad_(), g = gate.clone().requires_grad_();
+  auto fused = gated_gelu(h, g);
+  auto fused_grads = gradients(h, g, fused);
+  auto h32 = hidden.to(torch::kFloat).requires_grad_(), g32 = gate.clone().requires_grad_();
+  auto reference = torch::gelu(h32) * g32.unsqueeze(1);
+  auto reference_grads = gradients(h32, g32, reference);
+
+  ASSERT_EQ(fused.scalar_type(), torch::kBFloat16);
+  EXPECT_LT(relative_error(fused, reference), 4e-3);
+  EXPECT_LT(relative_error(fused_grads[0], reference_grads[0]), 4e-3);
+  EXPECT_LT(relative_error(fused_grads[1], reference_grads[1]), 1e-5);
+  EXPECT_EQ(fused[0].abs().max().item<float>(), 0.f);
+  EXPECT_EQ(fused_grads[0][0].abs().max().item<float>(), 0.f);
+  EXPECT_LT(relative_error(fused[1], reference[1]), 4e-3) << "negative gate";
 }
 
 // `train.cuda_graph` through the trainer, in this process (the GPU machines run this binary alone):
