@@ -225,7 +225,11 @@ summary() {
     [[ -f $OUT/$name.log ]] || continue
     echo "---- $name"
     if [[ $name == source_build ]]; then tail -3 "$OUT/$name.log"; continue; fi
-    if [[ $name == step_profile ]]; then sed -n '/^profile of/,$p' "$OUT/$name.log" | head -60; continue; fi
+    if [[ $name == step_profile ]]; then
+      grep -E "^by kind|^model FLOPs|^  (over the busy|were matmuls)" "$OUT/$name.log"
+      sed -n '/^profile of/,$p' "$OUT/$name.log" | head -60
+      continue
+    fi
     grep -E "PASSED|FAILED|^round|_median|tokens/s|x \(medians\)|MFU|step [0-9]+/|NVIDIA|^torch|Error|GPU time|^  " "$OUT/$name.log" | tail -40
   done
 }

@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <set>
 #include <stdexcept>
+#include <string_view>
 #include <unordered_map>
 
 namespace moelab {
@@ -165,6 +167,57 @@ void print_step_profile(const StepProfile& p, std::FILE* out, size_t top) {
   if (p.by_operator.empty()) return;
   std::fprintf(out, "GPU time by the operator that launched it:\n");
   print_table(p, p.by_operator, "caller > operator", top, out);
+}
+
+namespace {
+
+// The operator of a "caller > operator" label (by_operator's rows), or the label itself (ops' rows).
+std::string_view operator_of(std::string_view label) {
+  const auto split = label.rfind(" > ");
+  return split == std::string_view::npos ? label : label.substr(split + 3);
+}
+
+bool is_matmul(std::string_view op) {
+  static const std::set<std::string_view> matmuls = {"aten::mm",  "aten::addmm",  "aten::bmm",    "aten::baddbmm",
+                                                     "aten::_grouped_mm", "aten::mv", "aten::addmv", "aten::matmul",
+                                                     "aten::linear"};
+  return matmuls.count(op) > 0;
+}
+
+bool is_optimizer(std::string_view op) { return op.starts_with("aten::_fused_adam") || op.starts_with("aten::_foreach_"); }
+
+}  // namespace
+
+TimeByKind time_by_kind(const StepProfile& p) {
+  TimeByKind t;
+  for (const auto& row : p.by_operator.empty() ? p.ops : p.by_operator) {
+    const auto op = operator_of(row.name);
+    double& kind = is_matmul(op)                                 ? t.matmul_ms
+                   : op.find("attention") != std::string::npos ? t.attention_ms
+                   : is_optimizer(op)                            ? t.optimizer_ms
+                                                                 : t.other_ms;
+    kind += p.per_step(row.total_ms);
+  }
+  return t;
+}
+
+void print_time_by_kind(const StepProfile& p, double flops_per_step, std::FILE* out) {
+  const auto t = time_by_kind(p);
+  const double busy = p.per_step(p.busy_ms);
+  std::fprintf(out, "by kind, ms per step: matmuls %.3f (%.1f%%), attention %.3f (%.1f%%), optimizer %.3f (%.1f%%), "
+               "other %.3f (%.1f%%)\n", t.matmul_ms, 100 * t.matmul_ms / busy, t.attention_ms,
+               100 * t.attention_ms / busy, t.optimizer_ms, 100 * t.optimizer_ms / busy, t.other_ms,
+               100 * t.other_ms / busy);
+  constexpr double kHopperDenseBf16 = 989e12;  // FLOP/s
+  auto rate = [&](const char* what, double ms) {
+    const double flops_per_s = flops_per_step / (ms / 1e3);
+    std::fprintf(out, "  %s: %.4g TFLOP/s", what, flops_per_s / 1e12);
+    if (p.device == "cuda") std::fprintf(out, ", %.1f%% of 989 TFLOP/s (H100/H200 dense bf16)", 100 * flops_per_s / kHopperDenseBf16);
+    std::fprintf(out, "\n");
+  };
+  std::fprintf(out, "model FLOPs per step %.4g TFLOP:\n", flops_per_step / 1e12);
+  rate("over the busy time", busy);
+  rate("were matmuls and attention all that took time", t.matmul_ms + t.attention_ms);
 }
 
 void write_step_profile_csv(const StepProfile& p, const std::vector<ProfiledOp>& rows, const std::string& path) {

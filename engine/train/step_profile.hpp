@@ -52,6 +52,21 @@ class StepProfiler {
 // of busy time, after a line with wall time, busy time and launches per step.
 void print_step_profile(const StepProfile& profile, std::FILE* out, size_t top = 30);
 
+// A profile's time per step by the kind of work: matmuls (dense, batched and grouped), attention, the
+// optimizer (fused AdamW, and the foreach ops of the gradient norm and clipping), and the rest: the
+// memory traffic around them (casts, gathers, elementwise ops, normalisation, the loss). On CUDA,
+// kernels count as the operator that launched them; on the CPU, operators by their self time.
+struct TimeByKind {
+  double matmul_ms = 0, attention_ms = 0, optimizer_ms = 0, other_ms = 0;
+};
+TimeByKind time_by_kind(const StepProfile& profile);
+
+// The kinds' times and shares; then, given the model's training FLOPs per step on this device
+// (model_size's flops_per_token times the step's tokens), the rate over the busy time and the rate
+// were the matmuls and attention all that took time: the most that speeding up everything else can
+// give. On CUDA each also as a share of 989 TFLOP/s (H100/H200 dense bf16), the MFU they stand for.
+void print_time_by_kind(const StepProfile& profile, double flops_per_step, std::FILE* out);
+
 // Every row of `rows` (profile.ops or profile.by_operator): name, calls_per_step, ms_per_step, share_of_busy.
 void write_step_profile_csv(const StepProfile& profile, const std::vector<ProfiledOp>& rows, const std::string& path);
 

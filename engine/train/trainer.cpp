@@ -146,6 +146,8 @@ class Trainer {
     write_step_profile_csv(profile, profile.ops, (dir / "ops.csv").string());
     if (!profile.by_operator.empty()) write_step_profile_csv(profile, profile.by_operator, (dir / "operators.csv").string());
     print_step_profile(profile, stdout);
+    const double tokens_per_step = double(config_.train.batch_size) * config_.model.seq_len / launch_.world_size;
+    print_time_by_kind(profile, double(model_size(config_.model).flops_per_token) * tokens_per_step, stdout);
     std::printf("wrote trace.json and the tables as CSV in %s\n", dir.c_str());
     return kExitOk;
   }

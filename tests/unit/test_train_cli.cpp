@@ -262,6 +262,20 @@ TEST_F(TrainCli, ProfileStepsCountsOperatorsPerStepAndStoresNothing) {
       << r.output;
   EXPECT_GT(busy, 0.5 * wall);
   EXPECT_LE(busy, wall);
+  // The busy time by kind of work: the kinds add up to it, and the matmuls and AdamW are among them.
+  double matmul = 0, attention = 0, optimizer = 0, other = 0, share = 0;
+  const auto kinds = r.output.find("by kind, ms per step:");
+  ASSERT_NE(kinds, std::string::npos) << r.output;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + kinds,
+                        "by kind, ms per step: matmuls %lf (%lf%%), attention %lf (%lf%%), optimizer %lf (%lf%%), other %lf",
+                        &matmul, &share, &attention, &share, &optimizer, &share, &other),
+            7)
+      << r.output;
+  EXPECT_NEAR(matmul + attention + optimizer + other, busy, 0.01);
+  EXPECT_GT(matmul, 0);
+  EXPECT_GT(optimizer, 0);
+  EXPECT_GT(other, 0);
+  EXPECT_NE(r.output.find("were matmuls and attention all that took time"), std::string::npos) << r.output;
 
   std::map<std::string, double> calls_per_step;
   std::ifstream csv(root_ / "profile/profile/ops.csv");
