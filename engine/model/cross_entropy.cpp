@@ -1,19 +1,14 @@
 #include "engine/model/cross_entropy.hpp"
 
+#include "engine/model/own_kernels.hpp"
 #ifdef MOELAB_WITH_CUDA_KERNELS
-#include <ATen/cuda/CUDAContext.h>
-
 #include "engine/kernels/cross_entropy.hpp"
-#include "engine/kernels/switch.hpp"
 #endif
 
 namespace moelab {
 namespace {
 
 #ifdef MOELAB_WITH_CUDA_KERNELS
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 // Per-row losses; the bf16 logits and each row's log-sum-exp are what the backward needs.
 class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
@@ -23,7 +18,7 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
     auto loss = torch::empty({rows}, logits.options().dtype(torch::kFloat));
     auto lse = torch::empty_like(loss);
     kernels::cross_entropy_forward(logits.const_data_ptr(), targets.const_data_ptr<int64_t>(), loss.data_ptr<float>(),
-                                   lse.data_ptr<float>(), rows, vocab, at::cuda::getCurrentCUDAStream());
+                                   lse.data_ptr<float>(), rows, vocab, current_stream());
     ctx->save_for_backward({logits, targets, lse});
     return loss;
   }
@@ -36,7 +31,7 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
     kernels::cross_entropy_backward(logits.const_data_ptr(), targets.const_data_ptr<int64_t>(),
                                     lse.const_data_ptr<float>(), grad_loss.const_data_ptr<float>(),
                                     grad_logits.data_ptr(), logits.size(0), logits.size(1),
-                                    at::cuda::getCurrentCUDAStream());
+                                    current_stream());
     return {grad_logits, torch::Tensor()};
   }
 };
@@ -46,14 +41,7 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
 }  // namespace
 
 bool fused_cross_entropy_applies(const torch::Tensor& logits) {
-#ifdef MOELAB_WITH_CUDA_KERNELS
-  return kernels::own_kernels_enabled() && logits.is_cuda() && logits.scalar_type() == torch::kBFloat16 &&
-         logits.dim() == 2 && logits.is_contiguous() && logits.size(1) % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(logits.const_data_ptr()) % 16 == 0 &&
-         at::cuda::getDeviceProperties(logits.device().index())->major >= 8;
-#else
-  return false;
-#endif
+  return own_kernels_take_rows(logits) && logits.scalar_type() == torch::kBFloat16;
 }
 
 // bf16 logits on a GPU take the fused kernels where their layout allows. On CUDA, fp16 logits go

@@ -1,19 +1,14 @@
 #include "engine/model/kern_gate.hpp"
 
+#include "engine/model/own_kernels.hpp"
 #ifdef MOELAB_WITH_CUDA_KERNELS
-#include <ATen/cuda/CUDAContext.h>
-
 #include "engine/kernels/kern_gate.hpp"
-#include "engine/kernels/switch.hpp"
 #endif
 
 namespace moelab {
 namespace {
 
 #ifdef MOELAB_WITH_CUDA_KERNELS
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 // One kernel each way, as softmax has; gamma's gradient comes out of the backward kernel too.
 class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
@@ -23,7 +18,7 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
     auto norm = torch::empty({v.size(0)}, v.options());
     kernels::kern_gate_forward(v.const_data_ptr<float>(), gamma.const_data_ptr<float>(), gate.data_ptr<float>(),
                                norm.data_ptr<float>(), v.size(0), v.size(1), kKernScoreEps, relu,
-                               at::cuda::getCurrentCUDAStream());
+                               current_stream());
     ctx->save_for_backward({v, gamma, norm});
     ctx->saved_data["relu"] = relu;
     return gate;
@@ -38,7 +33,7 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
     kernels::kern_gate_backward(v.const_data_ptr<float>(), gamma.const_data_ptr<float>(), norm.const_data_ptr<float>(),
                                 grad_gate.const_data_ptr<float>(), grad_v.data_ptr<float>(), grad_gamma.data_ptr<float>(),
                                 partials.data_ptr<float>(), v.size(0), v.size(1), kKernScoreEps,
-                                ctx->saved_data["relu"].toBool(), at::cuda::getCurrentCUDAStream());
+                                ctx->saved_data["relu"].toBool(), current_stream());
     return {grad_v, grad_gamma, torch::Tensor()};
   }
 };
@@ -48,12 +43,8 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
 }  // namespace
 
 bool fused_kern_gate_applies(const torch::Tensor& v, const torch::Tensor& gamma) {
-#ifdef MOELAB_WITH_CUDA_KERNELS
-  return kernels::own_kernels_enabled() && v.is_cuda() && v.scalar_type() == torch::kFloat && v.dim() == 2 &&
-         v.is_contiguous() && gamma.numel() == 1 && gamma.device() == v.device() && gamma.scalar_type() == torch::kFloat;
-#else
-  return false;
-#endif
+  return own_kernels_take(v) && v.scalar_type() == torch::kFloat && v.dim() == 2 && v.is_contiguous() &&
+         gamma.numel() == 1 && gamma.device() == v.device() && gamma.scalar_type() == torch::kFloat;
 }
 
 // Elsewhere (the CPU, fp64 gradient checks) the row normalisation is weight normalisation's fused

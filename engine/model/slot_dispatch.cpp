@@ -1,10 +1,8 @@
 #include "engine/model/slot_dispatch.hpp"
 
+#include "engine/model/own_kernels.hpp"
 #ifdef MOELAB_WITH_CUDA_KERNELS
-#include <ATen/cuda/CUDAContext.h>
-
 #include "engine/kernels/slot_rows.hpp"
-#include "engine/kernels/switch.hpp"
 #endif
 
 namespace moelab {
@@ -20,7 +18,7 @@ torch::Tensor rows_of_tokens(const torch::Tensor& x, const torch::Tensor& token_
   if (slot_row_kernels_apply(x)) {
     auto rows = torch::empty({token_of_position.size(0), x.size(1)}, x.options());
     kernels::gather_rows(x.const_data_ptr(), token_of_position.const_data_ptr<int64_t>(), rows.data_ptr(), rows.size(0),
-                         x.size(1) * x.element_size(), at::cuda::getCurrentCUDAStream());
+                         x.size(1) * x.element_size(), current_stream());
     return rows;
   }
 #endif
@@ -35,7 +33,7 @@ torch::Tensor sum_per_token(const torch::Tensor& rows, const torch::Tensor& posi
     const int64_t tokens = position_of_slot.size(0) / k;
     auto sums = torch::empty({tokens, rows.size(1)}, rows.options());
     kernels::sum_rows_per_token(rows.const_data_ptr(), position_of_slot.const_data_ptr<int64_t>(), sums.data_ptr(),
-                                tokens, k, rows.size(1), at::cuda::getCurrentCUDAStream());
+                                tokens, k, rows.size(1), current_stream());
     return sums;
   }
 #endif
@@ -85,14 +83,7 @@ SlotLayout sort_slots_by_expert(const torch::Tensor& expert_index, int64_t exper
   return layout;
 }
 
-bool slot_row_kernels_apply(const torch::Tensor& rows) {
-#ifdef MOELAB_WITH_CUDA_KERNELS
-  return kernels::own_kernels_enabled() && rows.is_cuda() && rows.dim() == 2 && rows.is_contiguous() &&
-         rows.size(1) * rows.element_size() % 16 == 0 && reinterpret_cast<uintptr_t>(rows.const_data_ptr()) % 16 == 0;
-#else
-  return false;
-#endif
-}
+bool slot_row_kernels_apply(const torch::Tensor& rows) { return own_kernels_take_rows(rows); }
 
 torch::Tensor gather_slots(const torch::Tensor& x, const SlotLayout& layout) { return GatherSlots::apply(x, layout); }
 

@@ -1,0 +1,32 @@
+// What the autograd wrappers of moelab's CUDA kernels (engine/kernels) share: whether the kernels may
+// take a tensor, the autograd names, and the stream they launch on. In a build without the kernels
+// (no nvcc) nothing takes them, and ATen's ops run instead.
+#pragma once
+
+#include <torch/torch.h>
+
+#ifdef MOELAB_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+
+#include "engine/kernels/switch.hpp"
+#endif
+
+namespace moelab {
+
+// Whether moelab's kernels may run on t: on a GPU of compute capability 8.0 or newer (they are
+// compiled for sm80 and sm90), in a build with the kernels, unless MOELAB_ATEN_ONLY is set.
+bool own_kernels_take(const torch::Tensor& t);
+
+// That, and t is rows the kernels' 16-byte loads and stores can move: 2-D, contiguous, each row a
+// multiple of 16 bytes from a 16-byte aligned start.
+bool own_kernels_take_rows(const torch::Tensor& t);
+
+#ifdef MOELAB_WITH_CUDA_KERNELS
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// LibTorch's current stream, which its own ops use too (a captured step's stream while capturing).
+inline CUstream_st* current_stream() { return at::cuda::getCurrentCUDAStream(); }
+#endif
+
+}  // namespace moelab
