@@ -41,7 +41,7 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
 }  // namespace
 
 bool fused_cross_entropy_applies(const torch::Tensor& logits) {
-  return own_kernels_take_rows(logits) && logits.scalar_type() == torch::kBFloat16;
+  return own_kernel_takes_rows("cross_entropy", logits) && logits.scalar_type() == torch::kBFloat16;
 }
 
 // bf16 logits on a GPU take the fused kernels where their layout allows. On CUDA, fp16 logits go

@@ -10,7 +10,7 @@ torch::Tensor fp32_cross_entropy(const torch::Tensor& logits, const torch::Tenso
 
 // Whether fp32_cross_entropy takes the fused bf16 kernels (engine/kernels/cross_entropy.hpp) for
 // these logits: CUDA, bf16, contiguous 16-byte rows, sm80 or newer, in a build with the kernels,
-// unless MOELAB_ATEN_ONLY is set (engine/kernels/switch.hpp).
+// unless MOELAB_ATEN_ONLY turns it off (engine/kernels/switch.hpp).
 bool fused_cross_entropy_applies(const torch::Tensor& logits);
 
 }  // namespace moelab

@@ -39,7 +39,7 @@ class FusedGatedGelu : public torch::autograd::Function<FusedGatedGelu> {
 }  // namespace
 
 bool fused_gated_gelu_applies(const torch::Tensor& hidden, const torch::Tensor& gate) {
-  return own_kernels_take_rows(hidden) && hidden.scalar_type() == torch::kBFloat16 && gate.device() == hidden.device() &&
+  return own_kernel_takes_rows("gated_gelu", hidden) && hidden.scalar_type() == torch::kBFloat16 && gate.device() == hidden.device() &&
          gate.scalar_type() == torch::kFloat && gate.dim() == 1 && gate.size(0) == hidden.size(0) && gate.is_contiguous();
 }
 

@@ -11,7 +11,7 @@ torch::Tensor gated_gelu(const torch::Tensor& hidden, const torch::Tensor& gate)
 
 // Whether gated_gelu takes the fused kernels (engine/kernels/gated_gelu.hpp) for these inputs: bf16
 // hidden units in contiguous 16-byte rows and fp32 gates on a GPU, in a build with the kernels,
-// unless MOELAB_ATEN_ONLY is set (engine/kernels/switch.hpp).
+// unless MOELAB_ATEN_ONLY turns it off (engine/kernels/switch.hpp).
 bool fused_gated_gelu_applies(const torch::Tensor& hidden, const torch::Tensor& gate);
 
 }  // namespace moelab

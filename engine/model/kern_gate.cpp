@@ -43,7 +43,7 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
 }  // namespace
 
 bool fused_kern_gate_applies(const torch::Tensor& v, const torch::Tensor& gamma) {
-  return own_kernels_take(v) && v.scalar_type() == torch::kFloat && v.dim() == 2 && v.is_contiguous() &&
+  return own_kernel_takes("kern_gate", v) && v.scalar_type() == torch::kFloat && v.dim() == 2 && v.is_contiguous() &&
          gamma.numel() == 1 && gamma.device() == v.device() && gamma.scalar_type() == torch::kFloat;
 }
 

@@ -14,7 +14,7 @@ torch::Tensor kern_gate(const torch::Tensor& v, const torch::Tensor& gamma, bool
 
 // Whether kern_gate takes the fused kernels (engine/kernels/kern_gate.hpp) for these inputs: fp32
 // scores [T, n] and gamma on a GPU, in a build with the kernels, unless
-// MOELAB_ATEN_ONLY is set (engine/kernels/switch.hpp).
+// MOELAB_ATEN_ONLY turns it off (engine/kernels/switch.hpp).
 bool fused_kern_gate_applies(const torch::Tensor& v, const torch::Tensor& gamma);
 
 }  // namespace moelab

@@ -2,16 +2,16 @@
 
 namespace moelab {
 
-bool own_kernels_take(const torch::Tensor& t) {
+bool own_kernel_takes(const char* kernel, const torch::Tensor& t) {
 #ifdef MOELAB_WITH_CUDA_KERNELS
-  return kernels::own_kernels_enabled() && t.is_cuda() && at::cuda::getDeviceProperties(t.device().index())->major >= 8;
+  return t.is_cuda() && at::cuda::getDeviceProperties(t.device().index())->major >= 8 && kernels::own_kernel_enabled(kernel);
 #else
   return false;
 #endif
 }
 
-bool own_kernels_take_rows(const torch::Tensor& t) {
-  return own_kernels_take(t) && t.dim() == 2 && t.is_contiguous() && t.size(1) * t.element_size() % 16 == 0 &&
+bool own_kernel_takes_rows(const char* kernel, const torch::Tensor& t) {
+  return own_kernel_takes(kernel, t) && t.dim() == 2 && t.is_contiguous() && t.size(1) * t.element_size() % 16 == 0 &&
          reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
 }
 

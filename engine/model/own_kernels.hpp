@@ -13,13 +13,14 @@
 
 namespace moelab {
 
-// Whether moelab's kernels may run on t: on a GPU of compute capability 8.0 or newer (they are
-// compiled for sm80 and sm90), in a build with the kernels, unless MOELAB_ATEN_ONLY is set.
-bool own_kernels_take(const torch::Tensor& t);
+// Whether moelab's kernel `kernel` (engine/kernels/<kernel>.cu) may run on t: on a GPU of compute
+// capability 8.0 or newer (the kernels are compiled for sm80 and sm90), in a build with the kernels,
+// unless MOELAB_ATEN_ONLY turns it off (engine/kernels/switch.hpp).
+bool own_kernel_takes(const char* kernel, const torch::Tensor& t);
 
 // That, and t is rows the kernels' 16-byte loads and stores can move: 2-D, contiguous, each row a
 // multiple of 16 bytes from a 16-byte aligned start.
-bool own_kernels_take_rows(const torch::Tensor& t);
+bool own_kernel_takes_rows(const char* kernel, const torch::Tensor& t);
 
 #ifdef MOELAB_WITH_CUDA_KERNELS
 using torch::autograd::AutogradContext;

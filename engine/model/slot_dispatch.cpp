@@ -83,7 +83,7 @@ SlotLayout sort_slots_by_expert(const torch::Tensor& expert_index, int64_t exper
   return layout;
 }
 
-bool slot_row_kernels_apply(const torch::Tensor& rows) { return own_kernels_take_rows(rows); }
+bool slot_row_kernels_apply(const torch::Tensor& rows) { return own_kernel_takes_rows("slot_rows", rows); }
 
 torch::Tensor gather_slots(const torch::Tensor& x, const SlotLayout& layout) { return GatherSlots::apply(x, layout); }
 

@@ -35,7 +35,7 @@ torch::Tensor sum_slots(const torch::Tensor& rows, const SlotLayout& layout);
 
 // Whether the gathers and sums above take moelab's row kernels (engine/kernels/slot_rows.hpp) for
 // rows like these: on a GPU, contiguous, 16-byte rows (the sums: bf16 only), in a build with the
-// kernels, unless MOELAB_ATEN_ONLY is set.
+// kernels, unless MOELAB_ATEN_ONLY turns them off.
 bool slot_row_kernels_apply(const torch::Tensor& rows);
 
 // gate [T, k] -> [T*k]: the gate of the slot at each sorted position.
