@@ -3,7 +3,8 @@
 // CUDA device is visible the routers and the paper's MoE layer also run there (names ending in
 // /cuda), timed in real time with a device sync per iteration; the routers also as a replayed CUDA
 // graph (/cuda_graph), which leaves out the host's kernel launches: what a router costs the GPU
-// inside a captured training step.
+// inside a captured training step. On CUDA also the loss, the experts' activation (our kernels
+// against ATen's) and attention under each scaled-dot-product backend.
 // Run: build/bench/bench_engine [--benchmark_filter=Router]
 #include <benchmark/benchmark.h>
 
@@ -127,6 +128,40 @@ void GatedGeluForwardBackwardCuda(benchmark::State& state, bool engine) {
   state.SetItemsProcessed(state.iterations() * rows);
 }
 
+// The 125M model's causal attention, forward and backward, over one micro-batch (16 x 1024 tokens,
+// 12 heads of 64, bf16, q/k/v laid out as the engine unbinds them) with one scaled-dot-product
+// backend allowed at a time: which this GPU runs fastest ("default" is PyTorch's own choice, the
+// engine's). A backend that cannot take these inputs is reported as an error.
+void AttentionForwardBackwardCuda(benchmark::State& state, const std::string& backend) {
+  auto& context = at::globalContext();
+  const bool cudnn = context.userEnabledCuDNNSDP(), flash = context.userEnabledFlashSDP(),
+             efficient = context.userEnabledMemEfficientSDP(), math = context.userEnabledMathSDP();
+  if (backend != "default") {
+    context.setSDPUseCuDNN(backend == "cudnn"), context.setSDPUseFlash(backend == "flash");
+    context.setSDPUseMemEfficient(backend == "efficient"), context.setSDPUseMath(false);
+  }
+  torch::manual_seed(0);
+  const torch::Device gpu(torch::kCUDA);
+  const int64_t B = 16, T = 1024, H = 12, hd = 64;
+  auto qkv = torch::randn({B, T, 3, H, hd}, torch::TensorOptions(gpu).dtype(torch::kBFloat16)).requires_grad_(true);
+  auto upstream = torch::randn({B, H, T, hd}, torch::TensorOptions(gpu).dtype(torch::kBFloat16));
+  try {
+    for (auto _ : state) {
+      qkv.mutable_grad() = torch::Tensor();
+      auto parts = qkv.unbind(2);
+      auto y = at::scaled_dot_product_attention(parts[0].transpose(1, 2), parts[1].transpose(1, 2),
+                                                parts[2].transpose(1, 2), {}, 0.0, /*is_causal=*/true);
+      y.backward(upstream);
+      finish(gpu);
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+  context.setSDPUseCuDNN(cudnn), context.setSDPUseFlash(flash);
+  context.setSDPUseMemEfficient(efficient), context.setSDPUseMath(math);
+  state.SetItemsProcessed(state.iterations() * B * T);
+}
+
 void register_cuda_benchmarks() {
   for (bool captured : {false, true})
     for (std::string router : {"softmax", "kern", "kern_after_topk", "sigmoid", "tanh", "kmeans"})
@@ -142,6 +177,11 @@ void register_cuda_benchmarks() {
   for (bool engine : {false, true})
     benchmark::RegisterBenchmark(engine ? "CrossEntropyForwardBackward/engine/cuda" : "CrossEntropyForwardBackward/aten_fp32/cuda",
                                  CrossEntropyForwardBackwardCuda, engine)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  for (std::string backend : {"default", "cudnn", "flash", "efficient"})
+    benchmark::RegisterBenchmark(("AttentionForwardBackward/" + backend + "/cuda").c_str(), AttentionForwardBackwardCuda,
+                                 backend)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   for (bool engine : {false, true})
