@@ -58,6 +58,7 @@ __global__ void backward_kernel(const float* __restrict__ v, const float* __rest
     partials[blockIdx.x] = block_sum;
     __threadfence();  // the partial is visible to every block before the count says it is there
     last_block = atomicInc(&finished_blocks, gridDim.x - 1) == gridDim.x - 1;
+    __threadfence();  // and the last block reads the partials only after its count
   }
   __syncthreads();
   if (!last_block || warp != 0) return;

@@ -15,10 +15,13 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets) {
     const auto rows = logits.size(0), vocab = logits.size(1);
+    TORCH_CHECK(targets.device() == logits.device() && targets.numel() == rows, "cross-entropy: ", targets.numel(),
+                " targets on ", targets.device(), " for ", rows, " rows of logits on ", logits.device());
+    const LaunchOn on(logits);
     auto loss = torch::empty({rows}, logits.options().dtype(torch::kFloat));
     auto lse = torch::empty_like(loss);
     kernels::cross_entropy_forward(logits.const_data_ptr(), targets.const_data_ptr<int64_t>(), loss.data_ptr<float>(),
-                                   lse.data_ptr<float>(), rows, vocab, current_stream());
+                                   lse.data_ptr<float>(), rows, vocab, on.stream);
     ctx->save_for_backward({logits, targets, lse});
     return loss;
   }
@@ -28,10 +31,11 @@ class FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
     const auto &logits = saved[0], &targets = saved[1], &lse = saved[2];
     auto grad_loss = grad[0].to(torch::kFloat).contiguous();  // the mean's backward hands an expanded scalar
     auto grad_logits = torch::empty_like(logits);
+    const LaunchOn on(logits);
     kernels::cross_entropy_backward(logits.const_data_ptr(), targets.const_data_ptr<int64_t>(),
                                     lse.const_data_ptr<float>(), grad_loss.const_data_ptr<float>(),
                                     grad_logits.data_ptr(), logits.size(0), logits.size(1),
-                                    current_stream());
+                                    on.stream);
     return {grad_logits, torch::Tensor()};
   }
 };

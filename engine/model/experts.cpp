@@ -1,6 +1,9 @@
 #include "engine/model/experts.hpp"
 
 #include <ATen/autocast_mode.h>
+#ifdef MOELAB_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 #include "engine/model/gated_gelu.hpp"
 #include "engine/model/slot_dispatch.hpp"
@@ -40,6 +43,16 @@ ExpertKernel expert_kernel_for(const torch::Tensor& x) {
   const bool bf16 = x.scalar_type() == torch::kBFloat16 ||
                     (at::autocast::is_autocast_enabled(at::kCUDA) && at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16);
   return bf16 ? ExpertKernel::GroupedMm : ExpertKernel::PerExpertLoop;
+}
+
+bool grouped_mm_stays_on_device(const torch::Device& device) {
+#ifdef MOELAB_WITH_CUDA
+  if (!device.is_cuda()) return false;
+  const int major = at::cuda::getDeviceProperties(device.index())->major;
+  return major == 9 || major == 10;
+#else
+  return false;
+#endif
 }
 
 ExpertsImpl::ExpertsImpl(int experts, int d_model, int hidden) {

@@ -19,6 +19,11 @@ enum class ExpertKernel {
 // GroupedMm for bf16 on CUDA (bf16 tensors, or bf16 autocast), PerExpertLoop otherwise.
 ExpertKernel expert_kernel_for(const torch::Tensor& x);
 
+// Whether at::_grouped_mm keeps the group offsets on the device for bf16 on this device: its CUTLASS
+// kernels run on compute capability 9.x and 10.x; elsewhere ATen loops over the groups, reading the
+// offsets on the host (a sync per matmul, which a captured CUDA graph cannot contain).
+bool grouped_mm_stays_on_device(const torch::Device& device);
+
 class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int experts, int d_model, int hidden);

@@ -16,8 +16,9 @@ class FusedGatedGelu : public torch::autograd::Function<FusedGatedGelu> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden, const torch::Tensor& gate) {
     auto out = torch::empty_like(hidden);
+    const LaunchOn on(hidden);
     kernels::gated_gelu_forward(hidden.const_data_ptr(), gate.const_data_ptr<float>(), out.data_ptr(), hidden.size(0),
-                                hidden.size(1), current_stream());
+                                hidden.size(1), on.stream);
     ctx->save_for_backward({hidden, gate});
     return out;
   }
@@ -26,10 +27,13 @@ class FusedGatedGelu : public torch::autograd::Function<FusedGatedGelu> {
     const auto saved = ctx->get_saved_variables();
     const auto &hidden = saved[0], &gate = saved[1];
     auto grad_out = grad[0].contiguous();
+    // 16-byte loads read it too: a gradient that starts at an odd offset of its storage is copied
+    if (reinterpret_cast<uintptr_t>(grad_out.const_data_ptr()) % 16 != 0) grad_out = grad_out.clone();
     auto grad_hidden = torch::empty_like(hidden), grad_gate = torch::empty_like(gate);
+    const LaunchOn on(hidden);
     kernels::gated_gelu_backward(hidden.const_data_ptr(), gate.const_data_ptr<float>(), grad_out.const_data_ptr(),
                                  grad_hidden.data_ptr(), grad_gate.data_ptr<float>(), hidden.size(0), hidden.size(1),
-                                 current_stream());
+                                 on.stream);
     return {grad_hidden, grad_gate};
   }
 };

@@ -16,9 +16,10 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& v, const torch::Tensor& gamma, bool relu) {
     auto gate = torch::empty_like(v);
     auto norm = torch::empty({v.size(0)}, v.options());
+    const LaunchOn on(v);
     kernels::kern_gate_forward(v.const_data_ptr<float>(), gamma.const_data_ptr<float>(), gate.data_ptr<float>(),
                                norm.data_ptr<float>(), v.size(0), v.size(1), kKernScoreEps, relu,
-                               current_stream());
+                               on.stream);
     ctx->save_for_backward({v, gamma, norm});
     ctx->saved_data["relu"] = relu;
     return gate;
@@ -30,10 +31,11 @@ class FusedKernGate : public torch::autograd::Function<FusedKernGate> {
     auto grad_gate = grad[0].contiguous();
     auto grad_v = torch::empty_like(v), grad_gamma = torch::empty_like(gamma);
     auto partials = torch::empty({kernels::kern_gate_backward_blocks(v.size(0))}, v.options());
+    const LaunchOn on(v);
     kernels::kern_gate_backward(v.const_data_ptr<float>(), gamma.const_data_ptr<float>(), norm.const_data_ptr<float>(),
                                 grad_gate.const_data_ptr<float>(), grad_v.data_ptr<float>(), grad_gamma.data_ptr<float>(),
                                 partials.data_ptr<float>(), v.size(0), v.size(1), kKernScoreEps,
-                                ctx->saved_data["relu"].toBool(), current_stream());
+                                ctx->saved_data["relu"].toBool(), on.stream);
     return {grad_v, grad_gamma, torch::Tensor()};
   }
 };

@@ -7,6 +7,7 @@
 
 #ifdef MOELAB_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "engine/kernels/switch.hpp"
 #endif
@@ -26,8 +27,14 @@ bool own_kernel_takes_rows(const char* kernel, const torch::Tensor& t);
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// LibTorch's current stream, which its own ops use too (a captured step's stream while capturing).
-inline CUstream_st* current_stream() { return at::cuda::getCurrentCUDAStream(); }
+// Where a kernel on t's data launches: t's device made current (a launch goes to the current device)
+// and LibTorch's current stream there, which its own ops use too (a captured step's while capturing).
+struct LaunchOn {
+  explicit LaunchOn(const torch::Tensor& t)
+      : device(t.device()), stream(at::cuda::getCurrentCUDAStream(t.device().index())) {}
+  c10::cuda::CUDAGuard device;
+  CUstream_st* stream;
+};
 #endif
 
 }  // namespace moelab

@@ -17,8 +17,9 @@ torch::Tensor rows_of_tokens(const torch::Tensor& x, const torch::Tensor& token_
 #ifdef MOELAB_WITH_CUDA_KERNELS
   if (slot_row_kernels_apply(x)) {
     auto rows = torch::empty({token_of_position.size(0), x.size(1)}, x.options());
+    const LaunchOn on(x);
     kernels::gather_rows(x.const_data_ptr(), token_of_position.const_data_ptr<int64_t>(), rows.data_ptr(), rows.size(0),
-                         x.size(1) * x.element_size(), current_stream());
+                         x.size(1) * x.element_size(), on.stream);
     return rows;
   }
 #endif
@@ -32,8 +33,9 @@ torch::Tensor sum_per_token(const torch::Tensor& rows, const torch::Tensor& posi
   if (slot_row_kernels_apply(rows) && rows.scalar_type() == torch::kBFloat16) {
     const int64_t tokens = position_of_slot.size(0) / k;
     auto sums = torch::empty({tokens, rows.size(1)}, rows.options());
+    const LaunchOn on(rows);
     kernels::sum_rows_per_token(rows.const_data_ptr(), position_of_slot.const_data_ptr<int64_t>(), sums.data_ptr(),
-                                tokens, k, rows.size(1), current_stream());
+                                tokens, k, rows.size(1), on.stream);
     return sums;
   }
 #endif

@@ -212,6 +212,9 @@ class Trainer {
     if (!model_->moe_layers().empty() && t.precision != "bf16")
       refuse("MoE layers in " + t.precision +
              " take the per-expert loop, which reads the expert counts on the host; use train.precision bf16");
+    if (!model_->moe_layers().empty() && !grouped_mm_stays_on_device(device_))
+      refuse("on this GPU the MoE layers' grouped matmuls read their group offsets on the host (ATen's grouped "
+             "kernels need compute capability 9.x or 10.x)");
   }
 
   StepResult train_step(int step) {
