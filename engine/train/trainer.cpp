@@ -11,6 +11,7 @@
 
 #include "db/store.hpp"
 #include "engine/data/token_file.hpp"
+#include "engine/kernels/switch.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/train/autocast.hpp"
 #include "engine/train/batches.hpp"
@@ -56,6 +57,16 @@ void check_data(const JobConfig& c, const TokenFile& file, const std::string& fi
                              " tokens, fewer than one sequence of model.seq_len " + std::to_string(c.model.seq_len));
 }
 
+// MOELAB_ATEN_ONLY is read when a kernel is first chosen, inside the first step: a value that names
+// no kernel is refused here instead, before anything is written, in every build.
+void check_own_kernel_switch() {
+  try {
+    kernels::kernels_turned_off(std::getenv("MOELAB_ATEN_ONLY"));
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(e.what());
+  }
+}
+
 // AdamW with weight decay on matrices only; biases, LayerNorm gains and KERN's gamma are not decayed.
 std::unique_ptr<FusedAdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
   std::vector<torch::Tensor> decay, no_decay;
@@ -95,6 +106,7 @@ class Trainer {
         micro_batches_(c.train.micro_batches_per_rank(launch.world_size)),
         inputs_(micro_batches_),
         targets_(micro_batches_) {
+    check_own_kernel_switch();
     check_data(c, train_file_, "data.train");
     check_data(c, val_file_, "data.val");
     if (c.train.threads > 0) torch::set_num_threads(c.train.threads);

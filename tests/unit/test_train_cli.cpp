@@ -204,6 +204,18 @@ TEST_F(TrainCli, BadConfigsFailNamingTheFieldAndWriteNothing) {
   }
 }
 
+// MOELAB_ATEN_ONLY naming no kernel is refused before training starts, in every build (CPU included).
+TEST_F(TrainCli, AtenOnlyNamingNoKernelIsRefusedAndNothingIsWritten) {
+  setenv("MOELAB_ATEN_ONLY", "gated_gelu,layer_norm", 1);
+  auto r = run_moelab(train_args(write_config(tiny_config(), "aten_only"), "aten_only"));
+  unsetenv("MOELAB_ATEN_ONLY");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("MOELAB_ATEN_ONLY=gated_gelu,layer_norm: 'layer_norm' is not one of moelab's kernels"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(root_ / "aten_only.db"));
+}
+
 TEST_F(TrainCli, TruncatedTokenFileIsRefusedNamingIt) {
   fs::create_directories(root_ / "cut");
   for (auto name : {"train.bin", "val.bin", "meta.json"}) fs::copy_file(root_ / "data" / name, root_ / "cut" / name);
