@@ -162,33 +162,27 @@ void AttentionForwardBackwardCuda(benchmark::State& state, const std::string& ba
   state.SetItemsProcessed(state.iterations() * B * T);
 }
 
+// A CUDA benchmark: milliseconds of real time, each iteration ending with a device sync.
+template <class... Args>
+void register_cuda(const std::string& name, Args&&... args) {
+  benchmark::RegisterBenchmark(name.c_str(), std::forward<Args>(args)...)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 void register_cuda_benchmarks() {
   for (bool captured : {false, true})
     for (std::string router : {"softmax", "kern", "kern_after_topk", "sigmoid", "tanh", "kmeans"})
-      benchmark::RegisterBenchmark(("RouterForwardBackward/" + router + (captured ? "/cuda_graph" : "/cuda")).c_str(),
-                                   RouterForwardBackward, router, torch::Device(torch::kCUDA), captured)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+      register_cuda("RouterForwardBackward/" + router + (captured ? "/cuda_graph" : "/cuda"), RouterForwardBackward, router,
+                    torch::Device(torch::kCUDA), captured);
   for (auto [name, kernel] : {std::pair{"grouped_mm", ExpertKernel::GroupedMm}, std::pair{"loop", ExpertKernel::PerExpertLoop}})
-    benchmark::RegisterBenchmark((std::string("MoeLayerForwardBackward/") + name + "/cuda").c_str(),
-                                 MoeLayerForwardBackwardCuda, kernel)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    register_cuda(std::string("MoeLayerForwardBackward/") + name + "/cuda", MoeLayerForwardBackwardCuda, kernel);
   for (bool engine : {false, true})
-    benchmark::RegisterBenchmark(engine ? "CrossEntropyForwardBackward/engine/cuda" : "CrossEntropyForwardBackward/aten_fp32/cuda",
-                                 CrossEntropyForwardBackwardCuda, engine)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    register_cuda(engine ? "CrossEntropyForwardBackward/engine/cuda" : "CrossEntropyForwardBackward/aten_fp32/cuda",
+                  CrossEntropyForwardBackwardCuda, engine);
   for (std::string backend : {"default", "cudnn", "flash", "efficient"})
-    benchmark::RegisterBenchmark(("AttentionForwardBackward/" + backend + "/cuda").c_str(), AttentionForwardBackwardCuda,
-                                 backend)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    register_cuda("AttentionForwardBackward/" + backend + "/cuda", AttentionForwardBackwardCuda, backend);
   for (bool engine : {false, true})
-    benchmark::RegisterBenchmark(engine ? "GatedGeluForwardBackward/engine/cuda" : "GatedGeluForwardBackward/aten/cuda",
-                                 GatedGeluForwardBackwardCuda, engine)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    register_cuda(engine ? "GatedGeluForwardBackward/engine/cuda" : "GatedGeluForwardBackward/aten/cuda",
+                  GatedGeluForwardBackwardCuda, engine);
 }
 
 void MoeLayerForwardBackward(benchmark::State& state) {
