@@ -10,7 +10,13 @@ namespace moelab {
 // other gate moves by at most eps / ||v||, as with eps added to the norm.
 constexpr double kKernScoreEps = 1e-8;
 
+// On a GPU moelab's kernels where they apply (below), on the CPU one pass over each row each way;
+// elsewhere (a GPU without the kernels) kern_gate_composition.
 torch::Tensor kern_gate(const torch::Tensor& v, const torch::Tensor& gamma, bool relu);
+
+// The same from ATen's ops: what a GPU without moelab's kernels runs, and what the tests hold the
+// CPU pass and the CUDA kernels to.
+torch::Tensor kern_gate_composition(const torch::Tensor& v, const torch::Tensor& gamma, bool relu);
 
 // Whether kern_gate takes the fused kernels (engine/kernels/kern_gate.hpp) for these inputs: fp32
 // scores [T, n] and gamma on a GPU, in a build with the kernels, unless

@@ -6,7 +6,9 @@
 #include <cmath>
 #include <random>
 
+#include "engine/model/kern_gate.hpp"
 #include "engine/model/router.hpp"
+#include "kern_gate_cases.hpp"
 
 using namespace moelab;
 
@@ -124,6 +126,10 @@ TEST(Router, GradientsMatchFiniteDifferences) {
     }
   }
 }
+
+// The CPU's one-pass KERN gate gives what ATen's composition gives (kern_gate_cases.hpp), and
+// gamma's gradient, summed after the parallel loop, is the same when run again.
+TEST(KernGate, CpuPassEqualsTheAtenComposition) { moelab::testing::expect_kern_gate_equals_the_composition(torch::kCPU); }
 
 // An estimate of E[1 / ||top-k(ReLU(y / ||y||))||_2] written with plain loops and another generator.
 TEST(Router, MonteCarloScaleAgreesWithAnIndependentEstimate) {
