@@ -22,9 +22,11 @@ torch::Tensor with_zero_columns(const torch::Tensor& x, int64_t cols) {
   return x.size(1) == cols ? x : torch::constant_pad_nd(x, {0, cols - x.size(1)});
 }
 
-// Weights w [E, k, m] zero-padded to `rows` x `cols`; w itself when it has that size already.
+// Weights w [E, k, m] zero-padded to `rows` x `cols`; w itself when it has that size already. The
+// padded copy keeps a transposed layout (w_in's, see the constructor), as the gradient follows it.
 torch::Tensor zero_padded(const torch::Tensor& w, int64_t rows, int64_t cols) {
   if (w.size(1) == rows && w.size(2) == cols) return w;
+  if (w.stride(1) == 1 && w.size(2) > 1) return zero_padded(w.transpose(1, 2), cols, rows).transpose(1, 2);
   return torch::constant_pad_nd(w, {0, cols - w.size(2), 0, rows - w.size(1)});
 }
 
@@ -55,8 +57,14 @@ bool grouped_mm_stays_on_device(const torch::Device& device) {
 #endif
 }
 
+// w_in is [E, d, h] but lies in memory as [E, h, d] (each expert's rows per hidden unit, as a Linear
+// layer stores its weight). Autograd computes a weight's gradient in the weight's own layout, and
+// ATen's grouped CUTLASS kernel tiles each expert's output by 128 x 256: the gradient as [d, h] =
+// [768, 384] takes 6 x 2 tiles of which a quarter is empty, as [h, d] 3 x 3 full ones. w_out's
+// gradient, [h, d], is tiled fully as it is. Checkpoints keep the layout they were written with
+// (older ones load contiguous, with the same values), and the optimizer's state follows the weight's.
 ExpertsImpl::ExpertsImpl(int experts, int d_model, int hidden) {
-  w_in = register_parameter("w_in", torch::empty({experts, d_model, hidden}));
+  w_in = register_parameter("w_in", torch::empty({experts, hidden, d_model}).transpose(1, 2));
   b_in = register_parameter("b_in", torch::zeros({experts, hidden}));
   w_out = register_parameter("w_out", torch::empty({experts, hidden, d_model}));
   b_out = register_parameter("b_out", torch::zeros({experts, d_model}));

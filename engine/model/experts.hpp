@@ -35,7 +35,7 @@ class ExpertsImpl : public torch::nn::Module {
   // One expert applied to rows x [n, d]; the reference the dispatch is tested against.
   torch::Tensor apply_expert(int e, const torch::Tensor& x);
 
-  torch::Tensor w_in, b_in, w_out, b_out;  // [E, d, h], [E, h], [E, h, d], [E, d]
+  torch::Tensor w_in, b_in, w_out, b_out;  // [E, d, h] (stored as [E, h, d]), [E, h], [E, h, d], [E, d]
 
  private:
   // Rows grouped by expert (the layout's group ends [E] on the device); the result's rows match them.

@@ -41,8 +41,10 @@ void GptImpl::initialise_weights(uint64_t seed) {
     auto& p = item.value();
     bool is_residual_out = name.ends_with("attn.out.weight") || name.ends_with("mlp.down.weight") ||
                            name.ends_with("experts.w_out");
+    // Drawn in the order of the weight's shape, not of its memory (w_in lies transposed), so that a
+    // seed gives the same model whatever the layout.
     if (p.dim() >= 2)
-      p.normal_(0.0, is_residual_out ? residual_std : std, generator);
+      p.copy_(torch::empty(p.sizes(), p.options()).normal_(0.0, is_residual_out ? residual_std : std, generator));
     else if (name.ends_with("bias") || name.ends_with("b_in") || name.ends_with("b_out"))
       p.zero_();
   }

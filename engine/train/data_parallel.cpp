@@ -207,7 +207,7 @@ void DataParallel::finish_gradient_sync() {
       if (p.grad().defined())
         p.mutable_grad().copy_(mean);
       else
-        p.mutable_grad() = mean.clone();
+        p.mutable_grad() = torch::empty_like(p).copy_(mean);  // in the weight's layout, as the optimizer wants
     }
   }
 }
@@ -233,8 +233,10 @@ void DataParallel::average(std::vector<torch::Tensor> values) {
 void DataParallel::broadcast_from_rank0(std::vector<torch::Tensor> values) {
   torch::NoGradGuard no_grad;
   for (auto& v : values) {
-    std::vector<at::Tensor> tensors{v};
+    // NCCL takes contiguous tensors only; a weight stored transposed (w_in) travels as a copy.
+    std::vector<at::Tensor> tensors{v.contiguous()};
     wait(backend_->broadcast(tensors), "broadcast");
+    if (!tensors[0].is_same(v)) v.copy_(tensors[0]);
   }
 }
 
