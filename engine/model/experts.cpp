@@ -38,6 +38,12 @@ torch::Tensor spread_over_experts(const torch::Tensor& index, const torch::Tenso
   return torch::zeros({weight.size(0), experts}, weight.options()).scatter(1, index, weight);
 }
 
+// One expert's MLP on rows x [n, d], given that expert's weights.
+torch::Tensor expert_mlp(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
+                         const torch::Tensor& w_out, const torch::Tensor& b_out) {
+  return torch::addmm(b_out, torch::gelu(torch::addmm(b_in, x, w_in)), w_out);
+}
+
 }  // namespace
 
 ExpertKernel expert_kernel_for(const torch::Tensor& x) {
@@ -71,8 +77,7 @@ ExpertsImpl::ExpertsImpl(int experts, int d_model, int hidden) {
 }
 
 torch::Tensor ExpertsImpl::apply_expert(int e, const torch::Tensor& x) {
-  auto h = torch::gelu(torch::addmm(b_in[e], x, w_in[e]));
-  return torch::addmm(b_out[e], h, w_out[e]);
+  return expert_mlp(x, w_in[e], b_in[e], w_out[e], b_out[e]);
 }
 
 torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& expert_index, const torch::Tensor& gate) {
@@ -103,13 +108,18 @@ torch::Tensor ExpertsImpl::forward_with_kernel(const torch::Tensor& x, const tor
   return combined.to(x.scalar_type());
 }
 
+// The weights are split into experts once (unbind), whose backward stacks the experts' gradients:
+// an expert's slice taken by indexing would, in the backward, write its gradient into a zeroed tensor
+// the size of all experts' weights, one per expert and weight (bench_engine's CPU MoE layer, 64
+// experts of 256 x 128, forward and backward: 1024 tokens 46-49 against 75-83 ms, 4096 165 against 205).
 torch::Tensor ExpertsImpl::per_expert_loop(const torch::Tensor& rows, const torch::Tensor& group_ends) {
   auto host_ends = group_ends.cpu();  // one copy to the host per layer sizes the groups
   auto end = host_ends.accessor<int32_t, 1>();
+  auto w1 = w_in.unbind(0), b1 = b_in.unbind(0), w2 = w_out.unbind(0), b2 = b_out.unbind(0);
   std::vector<torch::Tensor> outputs;
   int64_t start = 0;
   for (int64_t e = 0; e < host_ends.size(0); ++e) {
-    if (end[e] > start) outputs.push_back(apply_expert(e, rows.narrow(0, start, end[e] - start)));
+    if (end[e] > start) outputs.push_back(expert_mlp(rows.narrow(0, start, end[e] - start), w1[e], b1[e], w2[e], b2[e]));
     start = end[e];
   }
   return torch::cat(outputs);
