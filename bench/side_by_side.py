@@ -98,16 +98,13 @@ class Experts(nn.Module):
         token = order // k
         grouped = x.index_select(0, token)
         counts = torch.bincount(flat, minlength=E).tolist()
-        # Split into experts once: indexing self.w_in[e] per expert would have each expert's
-        # backward write its gradient into a zeroed tensor the size of all experts' weights.
+        # Rows and weights split into experts once: a slice per expert (grouped[a:b], self.w_in[e])
+        # would have each expert's backward write its gradient into a zeroed tensor of the whole.
         w_in, b_in, w_out, b_out = (p.unbind(0) for p in (self.w_in, self.b_in, self.w_out, self.b_out))
-        outputs, start = [], 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            h = F.gelu(torch.addmm(b_in[e], grouped[start:start + n], w_in[e]))
-            outputs.append(torch.addmm(b_out[e], h, w_out[e]))
-            start += n
+        outputs = []
+        for e, rows in enumerate(grouped.split(counts)):
+            if len(rows):
+                outputs.append(torch.addmm(b_out[e], F.gelu(torch.addmm(b_in[e], rows, w_in[e])), w_out[e]))
         y = torch.cat(outputs).to(x.dtype) * gate.flatten()[order].to(x.dtype).unsqueeze(1)
         return torch.zeros_like(x).index_add_(0, token, y)
 
