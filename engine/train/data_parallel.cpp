@@ -125,6 +125,7 @@ void DataParallel::assign_buckets(int64_t bucket_bytes) {
   int64_t bytes = bucket_bytes;
   for (size_t i = parameters_.size(); i-- > 0;) {
     const auto& p = parameters_[i];
+    TORCH_CHECK(p.is_non_overlapping_and_dense(), "data parallel: parameter ", i, " is not one dense block of memory");
     const bool fits = !buckets_.empty() && bytes + int64_t(p.nbytes()) <= bucket_bytes &&
                       buckets_.back().flat.scalar_type() == p.scalar_type();
     if (!fits) {
@@ -139,6 +140,12 @@ void DataParallel::assign_buckets(int64_t bucket_bytes) {
     bucket_of_[i] = buckets_.size() - 1;
     bytes += p.nbytes();
   }
+}
+
+// A parameter's part of a bucket in the parameter's own memory layout (w_in lies transposed), so that
+// its gradient, which has that layout, goes in and its mean comes back out as straight copies.
+static torch::Tensor part_of(const torch::Tensor& flat, int64_t offset, const torch::Tensor& p) {
+  return flat.narrow(0, offset, p.numel()).as_strided(p.sizes(), p.strides());
 }
 
 void DataParallel::hook_gradient_accumulators() {
@@ -182,11 +189,11 @@ void DataParallel::launch(Bucket& bucket) {
   torch::NoGradGuard no_grad;
   for (size_t j = 0; j < bucket.members.size(); ++j) {
     const auto& p = parameters_[bucket.members[j]];
-    auto slot = bucket.flat.narrow(0, bucket.offsets[j], p.numel());
+    auto part = part_of(bucket.flat, bucket.offsets[j], p);
     if (p.grad().defined())
-      slot.copy_(p.grad().reshape(-1));
+      part.copy_(p.grad());
     else
-      slot.zero_();
+      part.zero_();
   }
   std::vector<at::Tensor> tensors{bucket.flat};
   bucket.work = backend_->allreduce(tensors);
@@ -203,11 +210,11 @@ void DataParallel::finish_gradient_sync() {
     bucket.flat.div_(launch_.world_size);
     for (size_t j = 0; j < bucket.members.size(); ++j) {
       auto& p = parameters_[bucket.members[j]];
-      auto mean = bucket.flat.narrow(0, bucket.offsets[j], p.numel()).view(p.sizes());
+      auto mean = part_of(bucket.flat, bucket.offsets[j], p);
       if (p.grad().defined())
         p.mutable_grad().copy_(mean);
       else
-        p.mutable_grad() = torch::empty_like(p).copy_(mean);  // in the weight's layout, as the optimizer wants
+        p.mutable_grad() = mean.clone();  // in the parameter's layout, as the fused optimizer wants
     }
   }
 }
