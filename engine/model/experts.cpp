@@ -70,7 +70,10 @@ bool grouped_mm_stays_on_device(const torch::Device& device) {
 // gradient, [h, d], is tiled fully as it is. Checkpoints keep the layout they were written with
 // (older ones load contiguous, with the same values), and the optimizer's state follows the weight's.
 ExpertsImpl::ExpertsImpl(int experts, int d_model, int hidden) {
-  w_in = register_parameter("w_in", torch::empty({experts, hidden, d_model}).transpose(1, 2));
+  // Allocated with those strides, not as a transposed view: a view would keep its base alive after
+  // `to(device)` or a checkpoint load had given the parameter new memory.
+  const int64_t d = d_model, h = hidden;
+  w_in = register_parameter("w_in", torch::empty_strided({experts, d, h}, {h * d, 1, d}));
   b_in = register_parameter("b_in", torch::zeros({experts, hidden}));
   w_out = register_parameter("w_out", torch::empty({experts, hidden, d_model}));
   b_out = register_parameter("b_out", torch::zeros({experts, d_model}));

@@ -143,7 +143,8 @@ void DataParallel::assign_buckets(int64_t bucket_bytes) {
 }
 
 // A parameter's part of a bucket in the parameter's own memory layout (w_in lies transposed), so that
-// its gradient, which has that layout, goes in and its mean comes back out as straight copies.
+// its gradient, which has that layout, goes in and its mean comes back out as straight copies. Every
+// rank builds the same model or loads the same checkpoint, so the layouts agree between ranks.
 static torch::Tensor part_of(const torch::Tensor& flat, int64_t offset, const torch::Tensor& p) {
   return flat.narrow(0, offset, p.numel()).as_strided(p.sizes(), p.strides());
 }

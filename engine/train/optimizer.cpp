@@ -39,6 +39,22 @@ const torch::Tensor& FusedAdamW::learning_rate_on_device(size_t group) {
   return on_device;
 }
 
+// The fused kernel walks each tensor's memory in order, and on the CPU it does not check that a
+// gradient and the moments lie in memory as their parameter does (w_in lies transposed): one laid out
+// otherwise would silently update the wrong elements. Dimensions of size 1 may have any stride.
+static void check_laid_out_alike(const torch::Tensor& p, torch::optim::AdamWParamState& state) {
+  auto alike = [&](const torch::Tensor& t) {
+    if (t.sizes() != p.sizes()) return false;
+    for (int64_t i = 0; i < p.dim(); ++i)
+      if (p.size(i) > 1 && t.stride(i) != p.stride(i)) return false;
+    return true;
+  };
+  TORCH_CHECK(alike(p.grad()) && alike(state.exp_avg()) && alike(state.exp_avg_sq()), "FusedAdamW: a parameter of shape ",
+              p.sizes(), " and strides ", p.strides(), " has a gradient of strides ", p.grad().strides(),
+              " and moments of strides ", state.exp_avg().strides(), " and ", state.exp_avg_sq().strides(),
+              "; they must lie in memory alike");
+}
+
 torch::Tensor FusedAdamW::step(LossClosure closure) {
   TORCH_CHECK(!closure, "FusedAdamW: closures are not supported");
   torch::NoGradGuard no_grad;
@@ -50,6 +66,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       auto& state = state_of(p);
+      check_laid_out_alike(p, state);
       auto [it, created] = step_tensors_.try_emplace(p.unsafeGetTensorImpl());
       if (created) it->second = torch::full({}, double(state.step()), p.options().dtype(torch::kFloat));
       state.step(state.step() + 1);

@@ -92,6 +92,7 @@ TEST(ExpertLayout, SeedsSavesAndOlderContiguousCheckpointsGiveTheSameModel) {
   Gpt model(config, 7);
   auto w_in = [](Gpt& m, int layer) { return m->moe_layers()[layer]->experts->w_in; };
   EXPECT_EQ(w_in(model, 0).stride(1), 1);
+  EXPECT_FALSE(w_in(model, 0).is_view()) << "a view keeps its base's memory after the parameter gets new memory";
   EXPECT_FLOAT_EQ(w_in(model, 1)[3][5][2].item<float>(), 0.012971607f);
   EXPECT_FLOAT_EQ(w_in(model, 1)[7][23][31].item<float>(), 0.00557206618f);
   EXPECT_FLOAT_EQ(model->moe_layers()[0]->experts->w_out[2][9][11].item<float>(), -0.00836441759f);

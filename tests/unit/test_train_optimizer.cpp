@@ -12,12 +12,13 @@ namespace {
 
 using moelab::FusedAdamW;
 
-// Two parameter groups (with and without weight decay) of a few shapes, on fixed gradients.
+// Two parameter groups (with and without weight decay) of a few shapes, one of them laid out
+// transposed in memory as the experts' w_in is, on fixed gradients.
 struct Problem {
   std::vector<torch::Tensor> decayed, plain;
   explicit Problem(uint64_t seed) {
     torch::manual_seed(seed);
-    decayed = {torch::randn({7, 5}), torch::randn({3, 4, 2})};
+    decayed = {torch::randn({7, 5}), torch::randn({3, 4, 2}), torch::randn({6, 4}).t()};
     plain = {torch::randn({5}), torch::randn({})};
     for (auto* group : {&decayed, &plain})
       for (auto& p : *group) p.requires_grad_(true);
@@ -30,7 +31,7 @@ struct Problem {
   // Gradients that change from step to step, the same for every optimizer under test.
   void set_gradients(int step) {
     auto generator = at::make_generator<at::CPUGeneratorImpl>(1000 + step);
-    for (auto& p : all()) p.mutable_grad() = at::randn(p.sizes(), generator);
+    for (auto& p : all()) p.mutable_grad() = torch::empty_like(p).copy_(at::randn(p.sizes(), generator));
   }
 };
 
@@ -81,6 +82,25 @@ TEST(FusedAdamW, StateRoundTripsThroughSaveAndLoad) {
   c->load(archive);
   for (int step = 11; step <= 20; ++step) straight.set_gradients(step), a->step(), resumed.set_gradients(step), c->step();
   for (size_t i = 0; i < straight.all().size(); ++i) EXPECT_TRUE(torch::equal(resumed.all()[i], straight.all()[i])) << i;
+}
+
+// A gradient laid out in memory unlike its parameter is refused, naming the strides, before anything
+// moves: the CPU's fused kernel would pair the wrong elements without noticing.
+TEST(FusedAdamW, GradientLaidOutUnlikeItsParameterIsRefused) {
+  auto p = torch::randn({6, 4}).t().requires_grad_(true);
+  auto before = p.detach().clone();
+  FusedAdamW optimizer({p}, torch::optim::AdamWOptions(0.1));
+  p.mutable_grad() = torch::ones({4, 6});
+  try {
+    optimizer.step();
+    ADD_FAILURE() << "a contiguous gradient of a transposed parameter was taken";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("strides [1, 4] has a gradient of strides [6, 1]"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(torch::equal(p.detach(), before));
+  p.mutable_grad() = torch::ones_like(p);
+  optimizer.step();
+  EXPECT_FALSE(torch::equal(p.detach(), before));
 }
 
 // Gradients of a scaled loss, unscaled, step exactly as unscaled ones (the scale is a power of 2).
