@@ -17,7 +17,12 @@ it does now:
   expert ids sorted as bytes; and that with the input bias added to the first matmul's output by a
   one-hot [slots, E] x b_in product instead of riding in it as a weight row; and that with w_in stored
   as [E, H, D] in memory, so that its gradient, computed in the weight's layout, is [H, D] per expert:
-  3 x 3 full CUTLASS tiles of 128 x 256 instead of 6 x 2 with a quarter empty (now).
+  3 x 3 full CUTLASS tiles of 128 x 256 instead of 6 x 2 with a quarter empty (now); and, as an
+  experiment not in the engine, that with each weight's gradient computed over chunks of at most C rows
+  of an expert and the chunks' products summed per expert (index_add_): ATen's grouped kernel gives
+  each expert's gradient tiles a loop over all of the expert's rows, so tiles of busy experts run
+  longest and the rest of the GPU waits (stop 11's trace: 245 to 450 us per weight gradient, against
+  190 to 220 us for the other grouped products of the same FLOPs, whose tiles are all alike).
 Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
@@ -112,26 +117,78 @@ class CombineSlots(torch.autograd.Function):
         return grad_rows, grad_gate, None, None, None
 
 
+def chunk_layout(offsets, rows, chunk):
+    """Each expert's rows cut into chunks of at most `chunk` rows: the chunks' row ends, as group ends
+    for a grouped matmul over a fixed number of chunks (those past the last are empty), and each
+    chunk's expert (E for the empty ones)."""
+    ends = offsets.long()
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    counts = ends - starts
+    per_expert = (counts + chunk - 1) // chunk
+    after_last = per_expert.cumsum(0)
+    i = torch.arange(rows // chunk + E + 1, device=offsets.device)  # at least the sum of ceil(count / chunk)
+    expert = torch.searchsorted(after_last, i, right=True)
+    e = expert.clamp(max=E - 1)
+    j = i - (after_last[e] - per_expert[e])
+    chunk_ends = torch.where(expert < E, starts[e] + torch.minimum((j + 1) * chunk, counts[e]), ends[-1])
+    return chunk_ends.int(), expert
+
+
+class ChunkedWeightGrad(torch.autograd.Function):
+    """y = grouped_mm(a, w, offsets); the backward computes w's gradient per chunk of an expert's rows
+    (in w's memory layout, as autograd does) and sums each expert's chunks."""
+
+    @staticmethod
+    def forward(ctx, a, w, offsets, chunk_ends, chunk_expert):
+        ctx.save_for_backward(a, w, offsets, chunk_ends, chunk_expert)
+        return torch._grouped_mm(a, w, offs=offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, w, offsets, chunk_ends, chunk_expert = ctx.saved_tensors
+        grad_a = torch._grouped_mm(grad, w.transpose(-2, -1), offs=offsets)
+        transposed = w.stride(-2) == 1
+        partial = (torch._grouped_mm(grad.t(), a, offs=chunk_ends) if transposed
+                   else torch._grouped_mm(a.t(), grad, offs=chunk_ends))
+        summed = partial.new_zeros((E + 1,) + partial.shape[1:], dtype=torch.float32)
+        summed.index_add_(0, chunk_expert, partial.float())
+        grad_w = summed[:E].to(w.dtype)
+        return grad_a, grad_w.transpose(-2, -1) if transposed else grad_w, None, None, None
+
+
+# The expert forms in the order the engine went through them; each has the changes of those before.
+FORMS = ("combine", "gates_inside", "bias_after", "bags", "bias_addmm", "dw_chunks")
+
+
+def has(form, change):
+    """Whether `form` has `change`, the form that brought it ("dw_chunks_512" is the form "dw_chunks")."""
+    return FORMS.index(form.rsplit("_", 1)[0] if form.startswith("dw_chunks") else form) >= FORMS.index(change)
+
+
 def expert_matmuls(rows, offsets, p, form, sorted_gate, expert_of_position):
     """Each form's grouped matmuls; all but "combine" scale each row's second-matmul input by its gate."""
     w_in, b_in, w_out, b_out = (t.bfloat16() for t in p)
-    if form == "bias_addmm":  # the engine: rows without the ones column, the input biases added in place
-        hidden = torch._grouped_mm(rows, w_in, offsets)
-        one_hot = rows.new_zeros(rows.shape[0], E).scatter_(1, expert_of_position.unsqueeze(1), 1)
-        a = F.gelu(hidden.addmm_(one_hot, b_in))
+    if has(form, "dw_chunks"):
+        chunks = chunk_layout(offsets, rows.shape[0], int(form.rsplit("_", 1)[1]))
+        grouped = lambda a, w: ChunkedWeightGrad.apply(a, w, offsets, *chunks)
     else:
-        a = F.gelu(torch._grouped_mm(rows, bias_row(w_in, b_in, pad8(D + 1)), offsets))
-    if form in ("bias_after", "bags", "bias_addmm"):
-        return torch._grouped_mm(a * sorted_gate.to(a.dtype).unsqueeze(1), w_out, offsets)
+        grouped = lambda a, w: torch._grouped_mm(a, w, offs=offsets)
+    if has(form, "bias_addmm"):  # rows without the ones column, the input biases added in place
+        one_hot = rows.new_zeros(rows.shape[0], E).scatter_(1, expert_of_position.unsqueeze(1), 1)
+        a = F.gelu(grouped(rows, w_in).addmm_(one_hot, b_in))
+    else:
+        a = F.gelu(grouped(rows, bias_row(w_in, b_in, pad8(D + 1))))
+    if has(form, "bias_after"):
+        return grouped(a * sorted_gate.to(a.dtype).unsqueeze(1), w_out)
     a = ones_column(a, pad8(H + 1))
-    if form == "gates_inside":
+    if has(form, "gates_inside"):
         a = a * sorted_gate.to(a.dtype).unsqueeze(1)
-    return torch._grouped_mm(a, bias_row(w_out, b_out, pad8(H + 1)), offsets)
+    return grouped(a, bias_row(w_out, b_out, pad8(H + 1)))
 
 
 def experts(x, index, gate, p, form):
     flat = index.flatten()
-    bags = form in ("bags", "bias_addmm")
+    bags = has(form, "bags")
     keys, order = (flat.to(torch.uint8) if bags else flat).sort(stable=True)
     token = order // K
     if bags:  # the engine's group ends: a binary search in the sorted ids
@@ -140,13 +197,13 @@ def experts(x, index, gate, p, form):
         counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
         offsets = counts.cumsum(0).int()
     position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
-    rows = x.bfloat16() if form == "bias_addmm" else ones_column(x.bfloat16(), pad8(D + 1))
+    rows = x.bfloat16() if has(form, "bias_addmm") else ones_column(x.bfloat16(), pad8(D + 1))
     rows = GatherSlots.apply(rows, token, position, bags)
     y = expert_matmuls(rows, offsets, p, form, gate.flatten()[order], keys.long())
     if form == "combine":
         return CombineSlots.apply(y, gate, token, order, position).float()
     out = SumSlots.apply(y, token, position, bags)
-    if form in ("bias_after", "bags", "bias_addmm"):
+    if has(form, "bias_after"):
         spread = torch.zeros(x.shape[0], E, device=x.device).scatter(1, index, gate)
         out = out + spread @ p[3]
     return out.float()
@@ -204,6 +261,9 @@ def main():
             lambda: layer_step("bias_addmm"))
     measure("layer, that with w_in stored as [E, H, D], its gradient [H, D] per expert (the engine)",
             lambda: layer_step("bias_addmm", p_transposed))
+    for chunk in (512, 1024):
+        measure(f"layer, the engine's with each weight gradient summed over chunks of {chunk} rows (an experiment)",
+                lambda: layer_step(f"dw_chunks_{chunk}", p_transposed))
 
 
 if __name__ == "__main__":
