@@ -243,6 +243,7 @@ summary() {
     [[ -f $OUT/$name.log ]] || continue
     echo "---- $name"
     if [[ $name == source_build ]]; then tail -3 "$OUT/$name.log"; continue; fi
+    if [[ $name == profile ]]; then grep "GPU time" "$OUT/$name.log"; continue; fi  # one line per form; kernels in the log
     if [[ $name == step_profile ]]; then
       grep -E "^by kind|^model FLOPs|^  (over the busy|were matmuls)" "$OUT/$name.log"
       sed -n '/^profile of/,$p' "$OUT/$name.log" | head -60
