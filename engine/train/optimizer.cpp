@@ -58,6 +58,9 @@ static void check_laid_out_alike(const torch::Tensor& p, torch::optim::AdamWPara
 torch::Tensor FusedAdamW::step(LossClosure closure) {
   TORCH_CHECK(!closure, "FusedAdamW: closures are not supported");
   torch::NoGradGuard no_grad;
+  for (auto& group : param_groups())  // all before anything moves
+    for (auto& p : group.params())
+      if (p.grad().defined()) check_laid_out_alike(p, state_of(p));
   for (size_t group_index = 0; group_index < param_groups().size(); ++group_index) {
     auto& group = param_groups()[group_index];
     const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
@@ -66,7 +69,6 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       auto& state = state_of(p);
-      check_laid_out_alike(p, state);
       auto [it, created] = step_tensors_.try_emplace(p.unsafeGetTensorImpl());
       if (created) it->second = torch::full({}, double(state.step()), p.options().dtype(torch::kFloat));
       state.step(state.step() + 1);

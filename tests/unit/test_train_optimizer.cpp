@@ -87,9 +87,10 @@ TEST(FusedAdamW, StateRoundTripsThroughSaveAndLoad) {
 // A gradient laid out in memory unlike its parameter is refused, naming the strides, before anything
 // moves: the CPU's fused kernel would pair the wrong elements without noticing.
 TEST(FusedAdamW, GradientLaidOutUnlikeItsParameterIsRefused) {
-  auto p = torch::randn({6, 4}).t().requires_grad_(true);
-  auto before = p.detach().clone();
-  FusedAdamW optimizer({p}, torch::optim::AdamWOptions(0.1));
+  auto fine = torch::randn({5}).requires_grad_(true), p = torch::randn({6, 4}).t().requires_grad_(true);
+  auto fine_before = fine.detach().clone(), before = p.detach().clone();
+  FusedAdamW optimizer({fine, p}, torch::optim::AdamWOptions(0.1));
+  fine.mutable_grad() = torch::ones({5});
   p.mutable_grad() = torch::ones({4, 6});
   try {
     optimizer.step();
@@ -98,9 +99,17 @@ TEST(FusedAdamW, GradientLaidOutUnlikeItsParameterIsRefused) {
     EXPECT_NE(std::string(e.what()).find("strides [1, 4] has a gradient of strides [6, 1]"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(torch::equal(p.detach(), before));
+  EXPECT_TRUE(torch::equal(fine.detach(), fine_before)) << "the parameter before the refused one moved";
   p.mutable_grad() = torch::ones_like(p);
   optimizer.step();
   EXPECT_FALSE(torch::equal(p.detach(), before));
+  // The refused step did not count, for the parameter before the refused one either (a checkpoint
+  // stores these counts, and a resumed run's bias correction starts from them).
+  auto steps_of = [&](const torch::Tensor& t) {
+    return static_cast<torch::optim::AdamWParamState&>(*optimizer.state().at(t.unsafeGetTensorImpl())).step();
+  };
+  EXPECT_EQ(steps_of(fine), 1);
+  EXPECT_EQ(steps_of(p), 1);
 }
 
 // Gradients of a scaled loss, unscaled, step exactly as unscaled ones (the scale is a power of 2).
