@@ -89,7 +89,11 @@ TEST(FusedAdamW, StateRoundTripsThroughSaveAndLoad) {
 TEST(FusedAdamW, GradientLaidOutUnlikeItsParameterIsRefused) {
   auto fine = torch::randn({5}).requires_grad_(true), p = torch::randn({6, 4}).t().requires_grad_(true);
   auto fine_before = fine.detach().clone(), before = p.detach().clone();
-  FusedAdamW optimizer({fine, p}, torch::optim::AdamWOptions(0.1));
+  // In groups of their own, so that checking group by group would already have moved `fine`.
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (const auto& t : {fine, p})
+    groups.emplace_back(std::vector<torch::Tensor>{t}, std::make_unique<torch::optim::AdamWOptions>(0.1));
+  FusedAdamW optimizer(groups, torch::optim::AdamWOptions(0.1));
   fine.mutable_grad() = torch::ones({5});
   p.mutable_grad() = torch::ones({4, 6});
   try {
