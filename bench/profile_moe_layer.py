@@ -21,8 +21,9 @@ it does now:
   experiment not in the engine, that with each weight's gradient computed over chunks of at most C rows
   of an expert and the chunks' products summed per expert (index_add_): ATen's grouped kernel gives
   each expert's gradient tiles a loop over all of the expert's rows, so tiles of busy experts run
-  longest and the rest of the GPU waits (stop 11's trace: 245 to 450 us per weight gradient, against
-  190 to 220 us for the other grouped products of the same FLOPs, whose tiles are all alike).
+  longest and the rest of the GPU waits (the H200 step profile at 5dfda34: 245 to 450 us per weight
+  gradient, against 190 to 220 us for the other grouped products of the same FLOPs, whose tiles are
+  all alike).
 Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
