@@ -121,6 +121,12 @@ CREATE VIEW job_axes AS
   SELECT j.id AS job_id, j.name, s.sweep, a.key AS axis, a.value
   FROM sweep_jobs s JOIN jobs j ON j.id = s.job_id, json_each(s.axes_json) a;
 )SQL"},
+      {3, R"SQL(
+-- The most memory a job's training process has needed, over all its attempts (NULL: not recorded,
+-- as for jobs trained before this version). Users size `sweep run --jobs` by it.
+ALTER TABLE jobs ADD COLUMN peak_resident_bytes INTEGER;
+ALTER TABLE jobs ADD COLUMN peak_gpu_bytes INTEGER;
+)SQL"},
   };
   return all;
 }

@@ -296,7 +296,9 @@ void Store::merge_job_store(const std::string& job_store_path) {
 INSERT INTO jobs SELECT * FROM job.jobs WHERE true ON CONFLICT(id) DO NOTHING;
 UPDATE jobs SET status = s.status, attempts = s.attempts, started_at = s.started_at, finished_at = s.finished_at,
        exit_code = s.exit_code, error = s.error, host = CASE WHEN s.host != '' THEN s.host ELSE jobs.host END,
-       eval_status = CASE WHEN s.eval_status != '' THEN s.eval_status ELSE jobs.eval_status END
+       eval_status = CASE WHEN s.eval_status != '' THEN s.eval_status ELSE jobs.eval_status END,
+       peak_resident_bytes = nullif(max(ifnull(jobs.peak_resident_bytes, 0), ifnull(s.peak_resident_bytes, 0)), 0),
+       peak_gpu_bytes = nullif(max(ifnull(jobs.peak_gpu_bytes, 0), ifnull(s.peak_gpu_bytes, 0)), 0)
   FROM job.jobs AS s WHERE jobs.id = s.id AND s.attempts > 0;
 INSERT INTO metrics SELECT * FROM job.metrics WHERE true ON CONFLICT(job_id, step, split) DO UPDATE SET
   loss = excluded.loss, tokens = excluded.tokens, lr = excluded.lr, grad_norm = excluded.grad_norm,
@@ -319,6 +321,15 @@ INSERT INTO events (job_id, time, level, message) SELECT e.job_id, e.time, e.lev
     throw;
   }
   exec("DETACH DATABASE job");
+}
+
+void Store::record_peak_memory(const std::string& job_id, int64_t resident_bytes, int64_t gpu_bytes) {
+  require_job(job_id, "jobs");
+  // 0 is "none measured" (no GPU) and stays NULL, as for jobs recorded before peaks were.
+  statement("UPDATE jobs SET peak_resident_bytes = nullif(max(ifnull(peak_resident_bytes, 0), ?), 0), "
+            "peak_gpu_bytes = nullif(max(ifnull(peak_gpu_bytes, 0), ?), 0) WHERE id = ?")
+      .bind(resident_bytes).bind(gpu_bytes).bind(job_id)
+      .run();
 }
 
 void Store::set_eval_status(const std::string& job_id, const std::string& eval_status) {

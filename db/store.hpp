@@ -112,6 +112,8 @@ class Store {
   // rows are upserted, its events added once, and the job's status and attempts taken from it, as
   // the job itself knows them best. Idempotent; a missing file is not an error (nothing ran yet).
   void merge_job_store(const std::string& job_store_path);
+  // Raises the job's recorded peak memory to these values where they are higher (bytes; GPU 0 on the CPU).
+  void record_peak_memory(const std::string& job_id, int64_t resident_bytes, int64_t gpu_bytes);
   void set_eval_status(const std::string& job_id, const std::string& eval_status);
   // Counts an attempt that ended before the job itself could say it was running.
   void count_attempt(const std::string& job_id);

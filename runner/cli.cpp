@@ -19,6 +19,7 @@
 #include "db/store.hpp"
 #include "eval/lm_eval_driver.hpp"
 #include "reports/report.hpp"
+#include "engine/train/error_message.hpp"
 #include "engine/train/trainer.hpp"
 #include "runner/command_line.hpp"
 #include "runner/sweep_commands.hpp"
@@ -47,6 +48,25 @@ int data_prepare(const std::vector<std::string>& args) {
   std::printf("wrote %s: %llu train tokens, %llu val tokens\n", summary.meta_path.c_str(),
               (unsigned long long)summary.train_tokens, (unsigned long long)summary.val_tokens);
   return 0;
+}
+
+// Exit 0 when every file matches its record, 1 when one does not (each problem printed), as sha256sum -c does.
+int data_verify(const std::vector<std::string>& args) {
+  std::string dir;
+  po::options_description options("moelab data verify");
+  options.add_options()("dir", po::value(&dir)->required(), "a prepared dataset directory (with meta.json)");
+  po::positional_options_description positional;
+  positional.add("dir", 1);
+  po::variables_map vm;
+  if (!parse_options(args, "data verify DIR", options, vm, positional)) return 0;
+  int damaged = 0;
+  for (auto& check : verify_dataset(dir)) {
+    if (check.problem.empty())
+      std::printf("%s %s: ok (%llu tokens)\n", check.split.c_str(), check.path.c_str(), (unsigned long long)check.tokens);
+    else
+      std::printf("%s %s: DAMAGED: %s\n", check.split.c_str(), check.path.c_str(), check.problem.c_str()), ++damaged;
+  }
+  return damaged ? 1 : 0;
 }
 
 int params(const std::vector<std::string>& args) {
@@ -201,9 +221,11 @@ int report(const std::vector<std::string>& args) {
 
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
-      {"data", {"data prepare: tokenize a corpus into token files", [](const std::vector<std::string>& a) {
-                  if (a.empty() || a[0] != "prepare") throw std::runtime_error("usage: moelab data prepare ...");
-                  return data_prepare({a.begin() + 1, a.end()});
+      {"data", {"data prepare|verify: tokenize a corpus into token files; check them against their record",
+                [](const std::vector<std::string>& a) {
+                  if (!a.empty() && a[0] == "prepare") return data_prepare({a.begin() + 1, a.end()});
+                  if (!a.empty() && a[0] == "verify") return data_verify({a.begin() + 1, a.end()});
+                  throw std::runtime_error("usage: moelab data prepare|verify ...");
                 }}},
       {"params", {"parameter counts and FLOPs of a config", params}},
       {"train", {"train one job", train}},
@@ -238,7 +260,7 @@ int run_cli(const std::vector<std::string>& args) {
   try {
     return it->second.run({args.begin() + 1, args.end()});
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", error_message(e).c_str());
     return kExitBadInput;
   }
 }

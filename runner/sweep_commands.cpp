@@ -168,10 +168,13 @@ void print_status(Store& store, const std::string& sweep) {
       "ifnull((SELECT printf('%.0fs', (j.total_steps - m.step) * json_extract(j.config_json, '$.train.batch_size') * "
       "  json_extract(j.config_json, '$.model.seq_len') / m.tokens_per_s) FROM metrics m WHERE m.job_id = j.id AND "
       "  m.split = 'train' AND m.tokens_per_s > 0 AND j.status = 'running' ORDER BY m.step DESC LIMIT 1), '-'), "
+      "CASE WHEN j.peak_resident_bytes IS NULL THEN '-' ELSE printf('%.0fM', j.peak_resident_bytes / 1048576.0) || "
+      "  CASE WHEN j.peak_gpu_bytes IS NULL THEN '' ELSE printf(' gpu %.1fG', j.peak_gpu_bytes / 1073741824.0) END END, "
       "j.executor_id, j.attempts, CASE WHEN j.eval_status = '' THEN '-' ELSE j.eval_status END, j.axes_json "
       "FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE " + where + " ORDER BY j.name");
   for (auto& row : rows) row.back() = axes_text(json::parse(row.back()));
-  print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "executor_id", "attempts", "eval", "axes"}, rows);
+  print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "peak_mem", "executor_id", "attempts", "eval", "axes"},
+              rows);
 }
 
 namespace {

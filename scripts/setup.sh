@@ -10,7 +10,7 @@ log() { echo "[setup] $*"; }
 
 DEBIAN_PACKAGES=(build-essential cmake ninja-build pkg-config python3 python3-venv
   libboost-program-options-dev libsqlite3-dev sqlite3 nlohmann-json3-dev libcpp-httplib-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libicu-dev libgloo-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libicu-dev libgloo-dev libjemalloc-dev
   slurmctld slurmd slurm-client munge)
 
 install_debian_packages() {

@@ -9,7 +9,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace moelab {
 
@@ -37,16 +39,19 @@ std::string resolve_corpus(const std::string& name_or_path);
 
 // A read-only memory map of one token file. The constructor reads meta.json in the same directory
 // and throws std::runtime_error naming the file when it is missing, when meta.json lacks an entry
-// for it, or when its size disagrees with the recorded token count ("truncated").
+// for it, when its size disagrees with the recorded token count ("truncated"), or when it holds an
+// id outside the recorded vocabulary (found by one pass over the file: a damaged file of the right
+// size would otherwise fail inside the model's embedding, steps later, naming neither). `key`, when
+// given, is the config field that named the file ("data.train"); the errors then start with it.
 class TokenFile {
  public:
-  explicit TokenFile(const std::string& bin_path);
-  ~TokenFile();
+  explicit TokenFile(const std::string& bin_path, const std::string& key = "");
   TokenFile(const TokenFile&) = delete;
   TokenFile& operator=(const TokenFile&) = delete;
 
   size_t size() const { return tokens_; }
   uint32_t vocab_size() const { return vocab_size_; }
+  uint32_t max_token() const { return max_token_; }  // the largest id in the file (0 when empty)
   const std::string& tokenizer() const { return tokenizer_; }
   const std::string& path() const { return path_; }
   // Copies tokens [start, start + n) widened to int64 (the dtype embedding lookups take).
@@ -55,12 +60,26 @@ class TokenFile {
   std::string checksum() const;
 
  private:
+  uint32_t token_at(size_t i) const;
+  void check_ids_in_vocabulary();
   std::string path_, tokenizer_;
   size_t tokens_ = 0;
-  uint32_t vocab_size_ = 0;
+  uint32_t vocab_size_ = 0, max_token_ = 0;
   int bytes_per_token_ = 2;
-  const unsigned char* data_ = nullptr;
-  size_t mapped_bytes_ = 0;
+  // The mapping is unmapped by its deleter, also when the constructor refuses the file after mapping it.
+  struct Unmap {
+    size_t bytes;
+    void operator()(const unsigned char* data) const;
+  };
+  std::unique_ptr<const unsigned char, Unmap> data_;
 };
+
+// `moelab data verify DIR`: every file meta.json lists, checked against its record (presence, size,
+// SHA-256, ids within the vocabulary). One entry per file; `problem` is empty when it is intact.
+struct FileCheck {
+  std::string split, path, problem;
+  uint64_t tokens = 0;
+};
+std::vector<FileCheck> verify_dataset(const std::string& dir);
 
 }  // namespace moelab

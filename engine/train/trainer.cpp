@@ -17,6 +17,8 @@
 #include "engine/train/batches.hpp"
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/data_parallel.hpp"
+#include "engine/train/error_message.hpp"
+#include "engine/train/memory_use.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/schedule.hpp"
 #include "engine/train/step_graph.hpp"
@@ -99,8 +101,8 @@ class Trainer {
         options_(o),
         launch_(launch),
         job_id_(c.hash()),
-        train_file_(c.data.train),
-        val_file_(c.data.val),
+        train_file_(c.data.train, "data.train"),
+        val_file_(c.data.val, "data.val"),
         batches_(c, train_file_, val_file_),
         device_(pick_device(c.train, launch)),
         micro_batches_(c.train.micro_batches_per_rank(launch.world_size)),
@@ -134,8 +136,14 @@ class Trainer {
       if (launch_.distributed()) started += " on " + std::to_string(launch_.world_size) + " data-parallel ranks";
       store_->log_event(job_id_, "info", started);
     }
-    int code = loop();
-    if (store_) finish(code);
+    int code;
+    try {
+      code = loop();
+    } catch (const std::exception& e) {
+      error_ = error_message(e);
+      code = kExitFailed;
+    }
+    finish(code);
     return code;
   }
 
@@ -385,21 +393,36 @@ class Trainer {
     if (!store_) return;
     auto saved = save_checkpoint(options_.run_dir, config_, *model_, *optimizer_, Progress{step, wall_time()});
     store_->put_checkpoint(CheckpointRow{job_id_, step, saved.path, saved.sha256});
+    record_peak_memory();
     interval_start_ = Clock::now();
   }
 
+  // Records how the job ended. A failure is printed here too, so that it is seen even when the
+  // store cannot take it (a damaged store is one way a job fails).
   void finish(int code) {
-    auto& store = *store_;
-    if (code == kExitOk) {
-      store.set_job_status(job_id_, "done", "", code);
-    } else if (code == kExitInterrupted) {
-      store.set_job_status(job_id_, "interrupted", "", code);
-      store.log_event(job_id_, "info", "interrupted; checkpoint written, resume with --resume");
-    } else {
-      store.set_job_status(job_id_, "failed", error_, code);
-      store.log_event(job_id_, "error", error_);
-      std::fprintf(stderr, "error: %s\n", error_.c_str());
+    const bool failed = code != kExitOk && code != kExitInterrupted;
+    if (failed) std::fprintf(stderr, "error: %s\n", error_.c_str());
+    if (!store_) return;
+    try {
+      record_peak_memory();
+      if (code == kExitOk) {
+        store_->set_job_status(job_id_, "done", "", code);
+      } else if (code == kExitInterrupted) {
+        store_->set_job_status(job_id_, "interrupted", "", code);
+        store_->log_event(job_id_, "info", "interrupted; checkpoint written, resume with --resume");
+      } else {
+        store_->set_job_status(job_id_, "failed", error_, code);
+        store_->log_event(job_id_, "error", error_);
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: the store could not record how job %s ended: %s\n", job_id_.c_str(),
+                   error_message(e).c_str());
     }
+  }
+
+  void record_peak_memory() {
+    const auto peak = peak_memory(device_);
+    store_->record_peak_memory(job_id_, peak.resident_bytes, peak.gpu_bytes);
   }
 
   const JobConfig& config_;

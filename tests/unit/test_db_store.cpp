@@ -240,6 +240,31 @@ TEST_F(StoreTest, MigratingAVersion1StoreKeepsEachJobInItsSweep) {
             (std::vector<std::vector<std::string>>{{"a", "study", "seed", "1"}}));
 }
 
+// A store written before peaks were recorded keeps its jobs; their peaks are unknown (NULL) until a
+// run records one, and a later attempt only ever raises them, also through a job's own store.
+TEST_F(StoreTest, PeakMemoryColumnsArriveEmptyAndOnlyRise) {
+  raw_exec(path(), migrations().at(0).sql + migrations().at(1).sql + "PRAGMA user_version = 2;"
+                   "INSERT INTO jobs (id, name, sweep, config_json, axes_json, created_at) VALUES ('a', 'a', '', '{}', '{}', 0);");
+  Store s(path());
+  EXPECT_EQ(s.user_version(), Store::schema_version());
+  EXPECT_EQ(s.query("SELECT typeof(peak_resident_bytes), typeof(peak_gpu_bytes) FROM jobs"),
+            (std::vector<std::vector<std::string>>{{"null", "null"}}));
+  s.record_peak_memory("a", 300 << 20, 0);
+  s.record_peak_memory("a", 200 << 20, 0);
+  EXPECT_EQ(s.query("SELECT peak_resident_bytes, typeof(peak_gpu_bytes) FROM jobs"),
+            (std::vector<std::vector<std::string>>{{std::to_string(300 << 20), "null"}}));
+  {
+    Store job(path("job.db"));
+    add_job(job, "a", "{}");
+    job.set_job_status("a", "running");
+    job.record_peak_memory("a", 500 << 20, int64_t(7) << 30);
+  }
+  s.merge_job_store(path("job.db"));
+  EXPECT_EQ(s.query("SELECT peak_resident_bytes, peak_gpu_bytes FROM jobs"),
+            (std::vector<std::vector<std::string>>{{std::to_string(500 << 20), std::to_string(int64_t(7) << 30)}}));
+  EXPECT_THROW(s.record_peak_memory("nobody", 1, 1), StoreError);
+}
+
 TEST_F(StoreTest, ViewsAnswerTheObviousQuestions) {
   Store s(path());
   add_job(s, "a", R"({"model.router": "kern", "seed": 1})");

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -94,6 +95,35 @@ TEST_F(PreparedData, DamagedOrMissingFilesAreRefusedNamingThem) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find((dir_ / "nowhere/train.bin").string()), std::string::npos);
   }
+}
+
+// One id beyond the vocabulary anywhere in the file is found when the file is opened, named with its
+// position; the key that named the file leads the message when given.
+TEST_F(PreparedData, AnIdOutsideTheVocabularyIsRefusedWhenOpened) {
+  prepare("bytes", "ids");
+  const std::string train = (dir_ / "ids/train.bin").string();
+  {
+    TokenFile intact(train);
+    auto ids = read_all(intact);
+    EXPECT_EQ(intact.max_token(), *std::max_element(ids.begin(), ids.end()));
+  }
+  const size_t position = fs::file_size(train) / 2 - 7;  // a token in the middle, not at a boundary
+  {
+    std::fstream f(train, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(position * 2);
+    f.put('\x2c'), f.put('\x01');  // 0x012c = 300, little-endian
+  }
+  const std::string expected = train + ": token 300 at position " + std::to_string(position) + " is outside the vocabulary of 256";
+  try {
+    TokenFile f(train, "data.train");
+    FAIL() << "accepted an id outside the vocabulary";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()).find("data.train: " + expected), 0u) << e.what();
+  }
+  auto checks = verify_dataset((dir_ / "ids").string());
+  ASSERT_EQ(checks.size(), 2u);
+  for (auto& check : checks)
+    EXPECT_EQ(check.problem.find(expected) == 0, check.split == "train") << check.split << ": " << check.problem;
 }
 
 TEST_F(PreparedData, UnknownCorpusNamesTheBuiltIns) {

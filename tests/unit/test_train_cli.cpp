@@ -187,7 +187,9 @@ TEST_F(TrainCli, BadConfigsFailNamingTheFieldAndWriteNothing) {
       {"granularity", [](json& c) { c["model"]["granularity"] = 3; }, "model.expert_size: expert_size 32 is not divisible by granularity 3"},
       {"heads", [](json& c) { c["model"]["heads"] = 5; }, "model.d_model: d_model 32 is not divisible by heads 5"},
       {"wrong_type", [](json& c) { c["train"]["steps"] = "ten"; }, "train.steps: expected an integer"},
-      {"missing_data", [](json& c) { c["data"]["train"] = "/nonexistent/train.bin"; }, "/nonexistent/train.bin"},
+      {"missing_data", [](json& c) { c["data"]["train"] = "/nonexistent/train.bin"; },
+       "data.train: /nonexistent/train.bin: token file not found"},
+      {"missing_val", [](json& c) { c["data"]["val"] = "/nonexistent/val.bin"; }, "data.val: /nonexistent/val.bin: token file not found"},
       {"cuda_graph_on_cpu", [](json& c) { c["train"]["cuda_graph"] = true; }, "train.cuda_graph: needs a GPU, and train.device is cpu"},
       // Where "auto" finds a GPU, fp32 MoE layers are what cannot be captured.
       {"cuda_graph_auto", [](json& c) { c["train"]["cuda_graph"] = true, c["train"]["device"] = "auto"; },
@@ -227,6 +229,92 @@ TEST_F(TrainCli, TruncatedTokenFileIsRefusedNamingIt) {
   EXPECT_NE(r.output.find((root_ / "cut/val.bin").string()), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(root_ / "cut.db"));
+}
+
+// A copy of the prepared data in <root>/<name>, to damage.
+fs::path copy_of_data(const fs::path& root, const std::string& name) {
+  fs::create_directories(root / name);
+  for (auto file : {"train.bin", "val.bin", "meta.json"})
+    fs::copy_file(root / "data" / file, root / name / file, fs::copy_options::overwrite_existing);
+  return root / name;
+}
+
+// Random bytes of the right size hold ids beyond the bytes vocabulary (256): refused when the file is
+// opened, naming the key, the file and the first bad id, before the store is touched. Before this
+// check the job trained until the embedding failed, with a C++ backtrace, and stayed "running".
+TEST_F(TrainCli, TokenFileWithIdsOutsideTheVocabularyIsRefusedWhenOpened) {
+  const auto dir = copy_of_data(root_, "noise");
+  {
+    std::ofstream noise(dir / "train.bin", std::ios::binary | std::ios::trunc);
+    uint32_t state = 12345;
+    for (size_t i = 0; i < fs::file_size(root_ / "data/train.bin"); ++i) noise.put(char((state = state * 1664525u + 1013904223u) >> 24));
+  }
+  auto c = tiny_config();
+  c["data"]["train"] = (dir / "train.bin").string();
+  auto r = run_moelab(train_args(write_config(c, "noise"), "noise"));
+  EXPECT_EQ(r.code, moelab::kExitBadInput) << r.output;
+  EXPECT_NE(r.output.find("data.train: " + (dir / "train.bin").string() + ": token "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("is outside the vocabulary of 256"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("frame #"), std::string::npos) << "no backtrace: " << r.output;
+  EXPECT_FALSE(fs::exists(root_ / "noise.db"));
+}
+
+// An error after the job's row exists (here: its run directory cannot be made, found at the first
+// checkpoint) records the job as failed with the reason, prints that one line, and exits with
+// kExitFailed; the steps trained before it stay in the store.
+TEST_F(TrainCli, AnErrorDuringTrainingRecordsTheJobAsFailedWithItsReason) {
+  std::ofstream(root_ / "blocker") << "a file where the run directory's parent should be";
+  auto r = run_moelab("train --quiet --config " + write_config(tiny_config(), "midway") + " --db " +
+                      (root_ / "midway.db").string() + " --run-dir " + (root_ / "blocker/run").string());
+  EXPECT_EQ(r.code, moelab::kExitFailed) << r.output;
+  size_t error_lines = 0;
+  for (size_t at = r.output.find("error: "); at != std::string::npos; at = r.output.find("error: ", at + 1)) ++error_lines;
+  EXPECT_EQ(error_lines, 1u) << r.output;
+  EXPECT_NE(r.output.find((root_ / "blocker/run").string()), std::string::npos) << r.output;
+  moelab::Store store((root_ / "midway.db").string());
+  auto job = store.query("SELECT status, exit_code, error FROM jobs");
+  ASSERT_EQ(job.size(), 1u);
+  EXPECT_EQ(job[0][0], "failed");
+  EXPECT_EQ(job[0][1], std::to_string(moelab::kExitFailed));
+  EXPECT_NE(job[0][2].find((root_ / "blocker").string()), std::string::npos) << job[0][2];
+  EXPECT_EQ(store.query("SELECT count(*) FROM events WHERE level = 'error'")[0][0], "1");
+  EXPECT_EQ(count("midway", "SELECT max(step) FROM metrics WHERE split = 'train'"), 4);
+}
+
+TEST_F(TrainCli, DataVerifyChecksEveryFileAgainstItsRecord) {
+  const auto dir = copy_of_data(root_, "verify");
+  auto intact = run_moelab("data verify " + dir.string());
+  EXPECT_EQ(intact.code, 0) << intact.output;
+  EXPECT_NE(intact.output.find("train " + (dir / "train.bin").string() + ": ok ("), std::string::npos) << intact.output;
+  EXPECT_NE(intact.output.find("val " + (dir / "val.bin").string() + ": ok ("), std::string::npos) << intact.output;
+  {
+    std::fstream f(dir / "val.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(10);
+    f.put('\x41');  // still a byte's id: only the checksum tells
+  }
+  auto damaged = run_moelab("data verify " + dir.string());
+  EXPECT_EQ(damaged.code, 1) << damaged.output;
+  EXPECT_NE(damaged.output.find("val " + (dir / "val.bin").string() + ": DAMAGED: SHA-256 "), std::string::npos)
+      << damaged.output;
+  EXPECT_NE(damaged.output.find("train " + (dir / "train.bin").string() + ": ok ("), std::string::npos) << damaged.output;
+  auto missing = run_moelab("data verify " + (root_ / "nowhere").string());
+  EXPECT_EQ(missing.code, moelab::kExitBadInput) << missing.output;
+  EXPECT_NE(missing.output.find((root_ / "nowhere/meta.json").string() + ": not found"), std::string::npos) << missing.output;
+}
+
+// The peak resident memory of the training process is stored with the job and shown by `sweep status`.
+TEST_F(TrainCli, PeakMemoryIsRecordedAndShown) {
+  ASSERT_EQ(run_moelab(train_args(write_config(tiny_config(), "memory"), "memory")).code, 0);
+  const int64_t resident = count("memory", "SELECT peak_resident_bytes FROM jobs");
+  EXPECT_GT(resident, 50ll << 20) << "LibTorch alone takes more";
+  EXPECT_LT(resident, 2ll << 30);
+  EXPECT_EQ(count("memory", "SELECT count(*) FROM jobs WHERE peak_gpu_bytes IS NULL"), 1) << "no GPU, no GPU peak";
+  auto status = run_moelab("sweep status --db " + (root_ / "memory.db").string());
+  ASSERT_EQ(status.code, 0) << status.output;
+  EXPECT_NE(status.output.find("peak_mem"), std::string::npos) << status.output;
+  char shown[32];
+  std::snprintf(shown, sizeof shown, " %.0fM ", resident / 1048576.0);
+  EXPECT_NE(status.output.find(shown), std::string::npos) << shown << " in " << status.output;
 }
 
 TEST_F(TrainCli, CorruptOrForeignCheckpointIsRefusedAndNothingIsWritten) {
