@@ -19,27 +19,24 @@ const std::vector<std::string> kSpecKeys = {"name", "base", "axes", "zip", "incl
 
 [[noreturn]] void fail(const std::string& where, const std::string& message) { throw ConfigError(where + ": " + message); }
 
-// "model.top_k: message" -> "message": the caller says where in the spec the value came from.
-std::string without_path(const ConfigError& e) {
-  std::string message = e.what();
-  auto colon = message.find(": ");
-  return colon == std::string::npos ? message : message.substr(colon + 2);
-}
-
 void check_config_path(const std::string& path, const std::string& where) {
   const auto& paths = config_paths();
   if (std::find(paths.begin(), paths.end(), path) == paths.end())
     fail(where, "unknown config path" + did_you_mean(path, paths));
 }
 
-// A value at `path` must parse as that field (types, known router names come later with the whole config).
+// A value at `path` must parse as that field, in its domain (checks across fields come later with the
+// whole config). An error about the field is reported where the spec gave the value:
+// "train.betas[0]: ..." -> "axes.train.betas[1][0]: ...".
 void check_value(const json& base, const std::string& path, const json& value, const std::string& where) {
   json config = base;
   set_dotted(config, path, value);
   try {
     parse_job_config(config, /*cross_checks=*/false);
   } catch (const ConfigError& e) {
-    if (std::string(e.what()).starts_with(path + ":")) fail(where, without_path(e));
+    const std::string message = e.what();
+    if (message.starts_with(path + ":") || message.starts_with(path + "[") || message.starts_with(path + "."))
+      throw ConfigError(where + message.substr(path.size()));
     throw;
   }
 }
