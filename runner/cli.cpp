@@ -199,14 +199,14 @@ int data_command(const std::vector<std::string>& args) {
 
 const Commands& commands() {
   static const Commands table = {
-      {"data", "data prepare: tokenize a corpus into token files", data_command},
+      {"data", "tokenize a corpus into token files", data_command},
       {"params", "parameter counts and FLOPs of a config", params},
       {"train", "train one job", train},
       {"eval", "score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval},
       {"serve", "serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve},
-      {"sweep", "sweep plan|run|status|cancel: expand a sweep spec and run its jobs", sweep_command},
+      {"sweep", "expand a sweep spec into jobs, run them and follow them", sweep_command},
       {"report", "the paper's tables and plots for a sweep (markdown, CSV, PNG, SVG)", report},
-      {"db", "db query \"SQL\": read-only questions to the store", db_command},
+      {"db", "read-only SQL questions to the store", db_command},
   };
   return table;
 }

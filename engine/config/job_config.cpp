@@ -3,7 +3,6 @@
 #include "engine/config/hashing.hpp"
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <fstream>
 #include <iterator>
@@ -323,7 +322,7 @@ namespace {
 // (line and column) and on what token: nlohmann's own errors for a number it cannot hold say none of it.
 class FailureLocator : public nlohmann::json_sax<json> {
  public:
-  std::string path, token, message;
+  std::string path, token;
   size_t offset = 0;  // of the end of the failing token
 
   bool null() override { return value(); }
@@ -341,12 +340,12 @@ class FailureLocator : public nlohmann::json_sax<json> {
   bool end_object() override { return leave(); }
   bool start_array(std::size_t) override { return enter(true); }
   bool end_array() override { return leave(); }
-  bool parse_error(std::size_t position, const std::string& last_token, const nlohmann::detail::exception& e) override {
+  bool parse_error(std::size_t position, const std::string& last_token, const nlohmann::detail::exception&) override {
     for (auto& level : levels_) {
       if (level.array) path.append("[").append(std::to_string(level.index)).append("]");
       else if (!level.key.empty()) path.append(path.empty() ? "" : ".").append(level.key);
     }
-    token = last_token, offset = position, message = e.what();
+    token = last_token, offset = position;
     return false;
   }
 
@@ -371,6 +370,11 @@ class FailureLocator : public nlohmann::json_sax<json> {
   std::vector<Level> levels_;
 };
 
+// What nlohmann's "number overflow parsing '1e999'" means, for the field at `path`.
+std::string number_out_of_range(const std::string& path, const std::string& number) {
+  return path + ": the number " + number + " is out of range: it must fit a double";
+}
+
 // "(line 3, column 12)" for the character at `offset` of `text`.
 std::string line_and_column(const std::string& text, size_t offset) {
   offset = std::min(offset, text.size());
@@ -392,8 +396,8 @@ json read_json_file(const std::string& path) {
     FailureLocator failure;
     json::sax_parse(text, &failure);
     const size_t start = failure.offset - std::min(failure.offset, failure.token.size());
-    throw ConfigError(path + ": " + (failure.path.empty() ? "(top level)" : failure.path) + ": the number " + failure.token +
-                      " is out of range: JSON numbers here must fit a double " + line_and_column(text, start));
+    throw ConfigError(path + ": " + number_out_of_range(failure.path.empty() ? "(top level)" : failure.path, failure.token) +
+                      " " + line_and_column(text, start));
   } catch (const json::parse_error& e) {
     throw ConfigError(path + ": not valid JSON: " + e.what());
   }
@@ -486,7 +490,7 @@ void apply_override(json& config, const std::string& assignment) {
   try {
     value = json::parse(text);
   } catch (const json::out_of_range&) {
-    throw ConfigError("--set " + assignment + ": " + path + ": the number " + text + " is out of range: it must fit a double");
+    throw ConfigError("--set " + assignment + ": " + number_out_of_range(path, text));
   } catch (const json::parse_error&) {
     value = text;  // a bare string: model.router=softmax
   }

@@ -171,7 +171,7 @@ TEST_F(CliRefusal, BadConfigValuesAreRefusedNamingFileAndKeyAndWriteNothing) {
   json c = config();
   c["train"]["lr"] = 123456.5;
   auto huge = write(c, "huge.json", "1e999");
-  expect_refused("huge", train + huge, "error: " + huge + ": train.lr: the number 1e999 is out of range: JSON numbers here must fit a double (line 18, column 11)");
+  expect_refused("huge", train + huge, "error: " + huge + ": train.lr: the number 1e999 is out of range: it must fit a double (line 18, column 11)");
 }
 
 // Each value a spec owns is checked in test_runner_sweep's malformed specs (through `sweep run` too);

@@ -157,14 +157,14 @@ TEST(JobConfig, RealFieldsAreCheckedAgainstTheirDomain) {
 // nlohmann's own message for 1e999 ("number overflow parsing '1e999'") named neither file nor key.
 TEST(JobConfig, NumbersJsonCannotHoldNameTheFileTheKeyAndTheLine) {
   auto path = write_file("overflow.json", "{\n  \"train\": {\n    \"steps\": 10,\n    \"lr\": 1e999\n  }\n}\n");
-  EXPECT_EQ(load_error(path), path + ": train.lr: the number 1e999 is out of range: JSON numbers here must fit a double (line 4, column 11)");
+  EXPECT_EQ(load_error(path), path + ": train.lr: the number 1e999 is out of range: it must fit a double (line 4, column 11)");
   auto in_list = write_file("overflow_list.json", R"({"axes": {"model.aux_loss_coef": [0.1, -1e999]}})");
   try {
     read_json_file(in_list);
     ADD_FAILURE() << "1e999 was read";
   } catch (const ConfigError& e) {
-    EXPECT_EQ(std::string(e.what()), in_list + ": axes.model.aux_loss_coef[1]: the number -1e999 is out of range: JSON numbers "
-                                                "here must fit a double (line 1, column 40)");
+    EXPECT_EQ(std::string(e.what()), in_list + ": axes.model.aux_loss_coef[1]: the number -1e999 is out of range: it must "
+                                                "fit a double (line 1, column 40)");
   }
   json j = json::object();
   try {
