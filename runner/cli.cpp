@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
-#include <map>
 
 #include "engine/config/job_config.hpp"
 #include "engine/data/token_file.hpp"
@@ -29,11 +28,6 @@ namespace po = boost::program_options;
 
 namespace {
 
-struct Command {
-  std::string summary;
-  std::function<int(const std::vector<std::string>&)> run;
-};
-
 int data_prepare(const std::vector<std::string>& args) {
   PrepareOptions opts;
   po::options_description options("moelab data prepare");
@@ -41,7 +35,8 @@ int data_prepare(const std::vector<std::string>& args) {
       ("corpus", po::value(&opts.corpus)->required(), "built-in corpus name (austen) or a UTF-8 text file")
       ("tokenizer", po::value(&opts.tokenizer)->default_value("gpt2"), "gpt2 | bytes")
       ("out", po::value(&opts.out_dir)->required(), "output directory for train.bin, val.bin, meta.json")
-      ("val-fraction", po::value(&opts.val_fraction)->default_value(0.1), "share of the text held out for validation");
+      ("val-fraction", po::value(&opts.val_fraction)->default_value(0.1)->notifier(in_range("--val-fraction", 0.0, 1.0, /*open=*/true)),
+       "share of the text held out for validation, in (0, 1)");
   po::variables_map vm;
   if (!parse_options(args, "data prepare --corpus NAME|PATH --out DIR [--tokenizer gpt2|bytes]", options, vm)) return 0;
   auto summary = prepare_dataset(opts);
@@ -101,19 +96,16 @@ int train(const std::vector<std::string>& args) {
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
       ("run-dir", po::value(&opts.run_dir), "checkpoint directory (default runs/<job id>)")
       ("resume", po::bool_switch(&opts.resume), "continue from the newest checkpoint in --run-dir, if any")
-      ("stop-after", po::value(&opts.stop_after)->default_value(0), "checkpoint and stop after this step, as if interrupted")
-      ("profile-steps", po::value(&opts.profile_steps)->default_value(0),
+      ("stop-after", po::value(&opts.stop_after)->default_value(0)->notifier(in_range("--stop-after", 0)),
+       "checkpoint and stop after this step, as if interrupted")
+      ("profile-steps", po::value(&opts.profile_steps)->default_value(0)->notifier(in_range("--profile-steps", 0)),
        "profile this many steps after 2 warm-up steps instead of training: time per GPU kernel (CPU operator), "
        "Chrome trace and CSV in <run-dir>/profile; nothing is stored")
       ("quiet", "no progress line");
   po::variables_map vm;
   if (!parse_options(args, "train --config FILE [--db FILE] [--run-dir DIR] [--resume]", options, vm)) return 0;
   opts.progress = !vm.count("quiet");
-  if (opts.profile_steps < 0)
-    throw std::runtime_error("--profile-steps " + std::to_string(opts.profile_steps) + ": give a number of steps >= 1");
-  auto json = read_json_file(config_path);
-  for (auto& assignment : overrides) apply_override(json, assignment);
-  auto config = parse_job_config(json);
+  auto config = load_job_config(config_path, overrides);
   install_stop_handlers();
   return train_job(config, opts);
 }
@@ -127,7 +119,7 @@ int serve(const std::vector<std::string>& args) {
   options.add_options()
       ("checkpoint", po::value(&checkpoint)->required(), "a checkpoint's .pt file")
       ("host", po::value(&host)->default_value("127.0.0.1"), "address to listen on (loopback unless told otherwise)")
-      ("port", po::value(&port)->default_value(8000), "port; 0 picks a free one");
+      ("port", po::value(&port)->default_value(8000)->notifier(in_range("--port", 0, 65535)), "port; 0 picks a free one");
   po::variables_map vm;
   if (!parse_options(args, "serve --checkpoint PATH [--host 127.0.0.1] [--port N]", options, vm)) return 0;
   Scorer scorer(checkpoint);
@@ -171,8 +163,9 @@ int eval(const std::vector<std::string>& args) {
       ("job", po::value(&opts.job_id), "evaluate this job's newest checkpoint")
       ("checkpoint", po::value(&opts.checkpoint), "or this checkpoint (.pt)")
       ("tasks", po::value(&tasks), "comma-separated (default: arc_easy,arc_challenge,hellaswag,piqa,sciq,winogrande)")
-      ("limit", po::value(&opts.limit)->default_value(0), "documents per task (0: all); for testing only")
-      ("every", po::value(&every)->default_value(0), "with --job: every kept checkpoint at a multiple of this step, and the newest")
+      ("limit", po::value(&opts.limit)->default_value(0)->notifier(in_range("--limit", 0)), "documents per task (0: all); for testing only")
+      ("every", po::value(&every)->default_value(0)->notifier(in_range("--every", 0)),
+       "with --job: every kept checkpoint at a multiple of this step, and the newest")
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
       ("output", po::value(&opts.output_dir), "where lm-eval writes its results and samples (default: beside the checkpoint)");
   po::variables_map vm;
@@ -219,46 +212,36 @@ int report(const std::vector<std::string>& args) {
   return 0;
 }
 
-const std::map<std::string, Command>& commands() {
-  static const std::map<std::string, Command> table = {
-      {"data", {"data prepare|verify: tokenize a corpus into token files; check them against their record",
-                [](const std::vector<std::string>& a) {
-                  if (!a.empty() && a[0] == "prepare") return data_prepare({a.begin() + 1, a.end()});
-                  if (!a.empty() && a[0] == "verify") return data_verify({a.begin() + 1, a.end()});
-                  throw std::runtime_error("usage: moelab data prepare|verify ...");
-                }}},
-      {"params", {"parameter counts and FLOPs of a config", params}},
-      {"train", {"train one job", train}},
-      {"eval", {"score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval}},
-      {"serve", {"serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve}},
-      {"sweep", {"sweep plan|run|status|cancel: expand a sweep spec and run its jobs", sweep_command}},
-      {"report", {"the paper's tables and plots for a sweep (markdown, CSV, PNG, SVG)", report}},
-      {"db", {"db query \"SQL\": read-only questions to the store", db_command}},
-  };
-  return table;
+int data_command(const std::vector<std::string>& args) {
+  static const Commands commands = {
+      {"prepare", "tokenize a corpus into train.bin, val.bin and meta.json", data_prepare},
+      {"verify", "check token files against meta.json (size, SHA-256, ids within the vocabulary)", data_verify}};
+  return dispatch("data", commands, args);
 }
 
-void print_usage() {
-  std::cout << "usage: moelab <command> [options]\n\ncommands:\n";
-  for (auto& [name, command] : commands()) std::printf("  %-8s %s\n", name.c_str(), command.summary.c_str());
-  std::cout << "\n`moelab <command> --help` shows a command's options.\n";
+const Commands& commands() {
+  static const Commands table = {
+      {"data", "tokenize a corpus into token files", data_command},
+      {"params", "parameter counts and FLOPs of a config", params},
+      {"train", "train one job", train},
+      {"eval", "score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval},
+      {"serve", "serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve},
+      {"sweep", "expand a sweep spec into jobs, run them and follow them", sweep_command},
+      {"report", "the paper's tables and plots for a sweep (markdown, CSV, PNG, SVG)", report},
+      {"db", "read-only SQL questions to the store", db_command},
+  };
+  return table;
 }
 
 }  // namespace
 
 int run_cli(const std::vector<std::string>& args) {
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    print_usage();
-    return args.empty() ? kExitBadInput : 0;
-  }
-  auto it = commands().find(args[0]);
-  if (it == commands().end()) {
-    std::fprintf(stderr, "error: unknown command \"%s\"\n", args[0].c_str());
-    print_usage();
+  if (args.empty()) {
+    print_commands("", commands(), std::cout);
     return kExitBadInput;
   }
   try {
-    return it->second.run({args.begin() + 1, args.end()});
+    return dispatch("", commands(), args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", error_message(e).c_str());
     return kExitBadInput;

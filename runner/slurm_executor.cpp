@@ -81,9 +81,7 @@ SlurmOptions parse_slurm_options(const json& section) {
     out = section[key];
   };
   auto count = [&](const std::string& key, int& out) {
-    if (!section[key].is_number_integer() || section[key].get<int>() < 0)
-      throw ConfigError("slurm." + key + ": expected an integer >= 0, got " + section[key].dump());
-    out = section[key];
+    out = json_int(section[key], "slurm." + key, 0);
   };
   for (auto& [key, value] : section.items()) {
     if (key == "partition") text(key, o.partition);

@@ -112,7 +112,8 @@ int run(const std::vector<std::string>& args) {
       ("spec", po::value(&spec_path)->required(), "sweep spec JSON")
       ("executor", po::value(&executor)->default_value("local"), "local | slurm")
       ("no-wait", "slurm: return once the array is submitted (follow it with `sweep status`)")
-      ("jobs", po::value(&local.jobs)->default_value(0), "concurrent local jobs (default: the spec's local.jobs, else 1)")
+      ("jobs", po::value(&local.jobs)->default_value(0)->notifier(in_range("--jobs", 0)),
+       "concurrent local jobs (default: the spec's local.jobs, else 1)")
       ("ranks", po::value(&local.ranks)->default_value(0), "data-parallel processes per local job (default: the spec's local.ranks)")
       ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
       ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)");
@@ -233,20 +234,7 @@ int cancel(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace
-
-int sweep_command(const std::vector<std::string>& args) {
-  const std::string usage = "usage: moelab sweep plan|run|status|cancel ...";
-  if (args.empty()) throw std::runtime_error(usage);
-  std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (args[0] == "plan") return plan(rest);
-  if (args[0] == "run") return run(rest);
-  if (args[0] == "status") return status(rest);
-  if (args[0] == "cancel") return cancel(rest);
-  throw std::runtime_error("unknown sweep command \"" + args[0] + "\"; " + usage);
-}
-
-int db_command(const std::vector<std::string>& args) {
+int query(const std::vector<std::string>& args) {
   std::string sql, db_path;
   po::options_description options("moelab db query");
   options.add_options()("sql", po::value(&sql)->required(), "a read-only SQL statement")(
@@ -254,13 +242,29 @@ int db_command(const std::vector<std::string>& args) {
   po::positional_options_description positional;
   positional.add("sql", 1);
   po::variables_map vm;
-  if (args.empty() || args[0] != "query") throw std::runtime_error("usage: moelab db query \"SQL\" [--db FILE]");
-  if (!parse_options({args.begin() + 1, args.end()}, "db query \"SQL\" [--db FILE]", options, vm, positional)) return 0;
+  if (!parse_options(args, "db query \"SQL\" [--db FILE]", options, vm, positional)) return 0;
   if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
   Store store(db_path);
   auto table = store.query_table(sql);
   print_table(table.columns, table.rows);
   return 0;
+}
+
+}  // namespace
+
+int sweep_command(const std::vector<std::string>& args) {
+  static const Commands commands = {
+      {"plan", "list the jobs a sweep spec expands to, with their status in the store", plan},
+      {"run", "run the spec's unfinished jobs (local processes or a Slurm array)", run},
+      {"status", "progress, losses and ETA of a sweep's jobs", status},
+      {"cancel", "stop a sweep's running jobs (they checkpoint) and cancel the rest", cancel},
+  };
+  return dispatch("sweep", commands, args);
+}
+
+int db_command(const std::vector<std::string>& args) {
+  static const Commands commands = {{"query", "a read-only SQL statement against the store, as a table", query}};
+  return dispatch("db", commands, args);
 }
 
 }  // namespace moelab

@@ -19,27 +19,24 @@ const std::vector<std::string> kSpecKeys = {"name", "base", "axes", "zip", "incl
 
 [[noreturn]] void fail(const std::string& where, const std::string& message) { throw ConfigError(where + ": " + message); }
 
-// "model.top_k: message" -> "message": the caller says where in the spec the value came from.
-std::string without_path(const ConfigError& e) {
-  std::string message = e.what();
-  auto colon = message.find(": ");
-  return colon == std::string::npos ? message : message.substr(colon + 2);
-}
-
 void check_config_path(const std::string& path, const std::string& where) {
   const auto& paths = config_paths();
   if (std::find(paths.begin(), paths.end(), path) == paths.end())
     fail(where, "unknown config path" + did_you_mean(path, paths));
 }
 
-// A value at `path` must parse as that field (types, known router names come later with the whole config).
+// A value at `path` must parse as that field, in its domain (checks across fields come later with the
+// whole config). An error about the field is reported where the spec gave the value:
+// "train.betas[0]: ..." -> "axes.train.betas[1][0]: ...".
 void check_value(const json& base, const std::string& path, const json& value, const std::string& where) {
   json config = base;
   set_dotted(config, path, value);
   try {
     parse_job_config(config, /*cross_checks=*/false);
   } catch (const ConfigError& e) {
-    if (std::string(e.what()).starts_with(path + ":")) fail(where, without_path(e));
+    const std::string message = e.what();
+    if (message.starts_with(path + ":") || message.starts_with(path + "[") || message.starts_with(path + "."))
+      throw ConfigError(where + message.substr(path.size()));
     throw;
   }
 }
@@ -99,7 +96,7 @@ PlannedJob make_job(const SweepSpec& spec, const json& point) {
   try {
     job.config = parse_job_config(config);
   } catch (const ConfigError& e) {
-    throw ConfigError("job " + point.dump() + ": " + e.what());
+    throw ConfigError((spec.file.empty() ? "" : spec.file + ": ") + "job " + point.dump() + ": " + e.what());
   }
   job.id = job.config.hash();
   job.axes = point;
@@ -176,16 +173,14 @@ EvalStage parse_eval_stage(const json& j) {
         stage.tasks.push_back(task);
       }
     } else if (key == "limit") {
-      if (!value.is_number_integer() || value.get<int>() < 0) fail("eval.limit", "expected an integer >= 0, got " + value.dump());
-      stage.limit = value;
+      stage.limit = json_int(value, "eval.limit", 0);
     } else if (key == "checkpoints") {
       // "final", or {"every": N}: the checkpoints at multiples of N are kept from pruning
       // (train.keep_every) so that they still exist when the stage runs after training.
-      const bool every = value.is_object() && value.size() == 1 && value.contains("every") &&
-                         value["every"].is_number_integer() && value["every"].get<int>() > 0;
+      const bool every = value.is_object() && value.size() == 1 && value.contains("every");
       if (value != "final" && !every)
         fail("eval.checkpoints", "expected \"final\" or {\"every\": N} with N > 0, got " + value.dump());
-      stage.every = every ? value["every"].get<int>() : 0;
+      stage.every = every ? json_int(value["every"], "eval.checkpoints.every", 1) : 0;
     } else {
       fail("eval." + key, "unknown key" + did_you_mean(key, {"tasks", "limit", "checkpoints"}));
     }
@@ -248,20 +243,14 @@ SweepSpec parse_sweep_spec(const json& j) {
         fail("zip[" + std::to_string(g) + "]." + path, "this path is already varied by another axis or zip group");
   if (j.contains("include")) spec.include = parse_partial_configs(j["include"], spec.base, "include");
   if (j.contains("exclude")) spec.exclude = parse_partial_configs(j["exclude"], spec.base, "exclude");
-  if (j.contains("max_attempts")) {
-    if (!j["max_attempts"].is_number_integer() || j["max_attempts"].get<int>() < 1)
-      fail("max_attempts", "expected a positive integer, got " + j["max_attempts"].dump());
-    spec.max_attempts = j["max_attempts"];
-  }
+  if (j.contains("max_attempts")) spec.max_attempts = json_int(j["max_attempts"], "max_attempts", 1);
   if (j.contains("local")) {
     const json& local = j["local"];
     if (!local.is_object()) fail("local", "expected an object");
     for (auto& [key, value] : local.items()) {
       if (key != "jobs" && key != "ranks") fail("local." + key, "unknown key" + did_you_mean(key, {"jobs", "ranks"}));
-      const int least = key == "ranks" ? 1 : 0;
-      if (!value.is_number_integer() || value.get<int>() < least)
-        fail("local." + key, "expected an integer >= " + std::to_string(least) + ", got " + value.dump());
-      (key == "ranks" ? spec.local.ranks : spec.local.jobs) = value;
+      // jobs 0: one per `ranks` GPUs, else 1
+      (key == "ranks" ? spec.local.ranks : spec.local.jobs) = json_int(value, "local." + key, key == "ranks" ? 1 : 0);
     }
   }
   if (j.contains("eval")) spec.eval = parse_eval_stage(j["eval"]);
@@ -272,7 +261,17 @@ SweepSpec parse_sweep_spec(const json& j) {
   return spec;
 }
 
-SweepSpec load_sweep_spec(const std::string& path) { return parse_sweep_spec(read_json_file(path)); }
+SweepSpec load_sweep_spec(const std::string& path) {
+  const json source = read_json_file(path);
+  SweepSpec spec;
+  try {
+    spec = parse_sweep_spec(source);
+  } catch (const ConfigError& e) {
+    throw ConfigError(path + ": " + e.what());
+  }
+  spec.file = path;
+  return spec;
+}
 
 std::vector<PlannedJob> expand(const SweepSpec& spec) {
   std::vector<Dimension> dimensions;

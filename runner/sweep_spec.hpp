@@ -44,6 +44,7 @@ struct SweepSpec {
   EvalStage eval;
   nlohmann::json slurm = nlohmann::json::object();  // kept for the Slurm executor
   nlohmann::json source;                            // the spec as written
+  std::string file;                                 // where it was read from ("" when not from a file)
 };
 
 struct PlannedJob {
@@ -53,7 +54,8 @@ struct PlannedJob {
 };
 
 // Parses and checks a spec; throws ConfigError whose message starts with the JSON path in the spec
-// ("axes.model.toplk: ...") and says what was expected.
+// ("axes.model.toplk: ...") and says what was expected. load_sweep_spec's errors, and expand's for a
+// spec it loaded, start with the file.
 SweepSpec parse_sweep_spec(const nlohmann::json& j);
 SweepSpec load_sweep_spec(const std::string& path);
 

@@ -3,30 +3,83 @@
 #include "engine/config/hashing.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <set>
+#include <sstream>
 
 namespace moelab {
 namespace {
 
 using nlohmann::json;
 
+constexpr long long kIntMax = std::numeric_limits<int>::max();
+
+// The values a real-valued field may take: from least to most, either end open; always finite.
+struct NumberRange {
+  double least, most;
+  bool least_open = false, most_open = false;
+
+  bool contains(double v) const {
+    return std::isfinite(v) && (least_open ? v > least : v >= least) && (most_open ? v < most : v <= most);
+  }
+  std::string text() const {
+    if (std::isinf(most)) return (least_open ? "> " : ">= ") + number_text(least);
+    return std::string("in ") + (least_open ? "(" : "[") + number_text(least) + ", " + number_text(most) + (most_open ? ")" : "]");
+  }
+  static std::string number_text(double v) {
+    std::ostringstream out;
+    out << v;
+    return out.str();
+  }
+};
+
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+const NumberRange kPositive{0, kInfinity, /*least_open=*/true};
+const NumberRange kNonNegative{0, kInfinity};
+const NumberRange kUnitInterval{0, 1, false, /*most_open=*/true};  // [0, 1): decays and Adam's betas
+
+double json_number(const json& v, const std::string& where, const NumberRange& range) {
+  if (!v.is_number() || !range.contains(v.get<double>()))
+    throw ConfigError(where + ": expected a number " + range.text() + ", got " + v.dump());
+  return v.get<double>();
+}
+
 // Reads the fields of one JSON object, remembering which keys were consumed so that any key left
-// over is reported as unknown (with the nearest known name as a hint).
+// over is reported as unknown (with the nearest known name as a hint). Numeric fields are read with
+// their domain, so that each field's allowed values are stated where it is read.
 class ObjectReader {
  public:
   ObjectReader(const json& j, std::string path) : j_(j), path_(std::move(path)) {
     if (!j_.is_object()) throw ConfigError(where("") + ": expected an object, got " + j_.type_name());
   }
 
+  void read(const std::string& key, bool& out) {
+    if (auto* v = child(key)) {
+      if (!v->is_boolean()) throw ConfigError(where(key) + ": expected a boolean, got " + v->dump());
+      out = v->get<bool>();
+    }
+  }
+
+  void read(const std::string& key, std::string& out) {
+    if (auto* v = child(key)) {
+      if (!v->is_string()) throw ConfigError(where(key) + ": expected a string, got " + v->dump());
+      out = v->get<std::string>();
+    }
+  }
+
+  // An integer field holding at least `least`, and at most what its C++ type holds.
   template <typename T>
-  void read(const std::string& key, T& out) {
-    known_.insert(key);
-    auto it = j_.find(key);
-    if (it == j_.end()) return;
-    check_type<T>(*it, where(key));
-    out = it->template get<T>();
+    requires std::is_integral_v<T>
+  void read(const std::string& key, T& out, long long least) {
+    if (auto* v = child(key)) out = T(json_integer(*v, where(key), least, std::numeric_limits<T>::max()));
+  }
+
+  void read(const std::string& key, double& out, const NumberRange& range) {
+    if (auto* v = child(key)) out = json_number(*v, where(key), range);
   }
 
   const json* child(const std::string& key) {
@@ -48,22 +101,6 @@ class ObjectReader {
   }
 
  private:
-  template <typename T>
-  static void check_type(const json& v, const std::string& where) {
-    bool ok;
-    std::string expected;
-    if constexpr (std::is_same_v<T, bool>) {
-      ok = v.is_boolean(), expected = "a boolean";
-    } else if constexpr (std::is_integral_v<T>) {
-      ok = v.is_number_integer(), expected = "an integer";
-    } else if constexpr (std::is_floating_point_v<T>) {
-      ok = v.is_number(), expected = "a number";
-    } else {
-      ok = v.is_string(), expected = "a string";
-    }
-    if (!ok) throw ConfigError(where + ": expected " + expected + ", got " + v.dump());
-  }
-
   std::string nearest_hint(const std::string& key) const {
     return did_you_mean(key, std::vector<std::string>(known_.begin(), known_.end()));
   }
@@ -94,25 +131,27 @@ void parse_kern(const json& j, KernOptions& k) {
   r.reject_unknown_keys();
 }
 
+// Sizes a model cannot do without are >= 1; the expert sizes are checked for MoE routers in validate
+// (a dense model has none).
 void parse_model(const json& j, ModelConfig& m) {
   ObjectReader r(j, "model");
-  r.read("vocab_size", m.vocab_size);
-  r.read("seq_len", m.seq_len);
-  r.read("layers", m.layers);
-  r.read("d_model", m.d_model);
-  r.read("heads", m.heads);
+  r.read("vocab_size", m.vocab_size, 1);
+  r.read("seq_len", m.seq_len, 1);
+  r.read("layers", m.layers, 1);
+  r.read("d_model", m.d_model, 1);
+  r.read("heads", m.heads, 1);
   r.read("router", m.router);
-  r.read("experts", m.experts);
-  r.read("top_k", m.top_k);
-  r.read("expert_size", m.expert_size);
-  r.read("granularity", m.granularity);
-  r.read("dense_size", m.dense_size);
+  r.read("experts", m.experts, 0);
+  r.read("top_k", m.top_k, 0);
+  r.read("expert_size", m.expert_size, 0);
+  r.read("granularity", m.granularity, 1);
+  r.read("dense_size", m.dense_size, 0);
   r.read("renormalize", m.renormalize);
   r.read("balance", m.balance);
-  r.read("aux_loss_coef", m.aux_loss_coef);
-  r.read("z_loss_coef", m.z_loss_coef);
-  r.read("bias_update_rate", m.bias_update_rate);
-  r.read("centroid_decay", m.centroid_decay);
+  r.read("aux_loss_coef", m.aux_loss_coef, kNonNegative);
+  r.read("z_loss_coef", m.z_loss_coef, kNonNegative);
+  r.read("bias_update_rate", m.bias_update_rate, kNonNegative);
+  r.read("centroid_decay", m.centroid_decay, kUnitInterval);
   if (auto* k = r.child("kern")) parse_kern(*k, m.kern);
   r.reject_unknown_keys();
   // Aliases from the paper's appendices resolve to KERN with the matching option, so that
@@ -123,28 +162,29 @@ void parse_model(const json& j, ModelConfig& m) {
 
 void parse_train(const json& j, TrainConfig& t) {
   ObjectReader r(j, "train");
-  r.read("steps", t.steps);
-  r.read("batch_size", t.batch_size);
-  r.read("micro_batch", t.micro_batch);
-  r.read("lr", t.lr);
-  r.read("warmup", t.warmup);
-  r.read("min_lr", t.min_lr);
+  r.read("steps", t.steps, 1);
+  r.read("batch_size", t.batch_size, 1);
+  r.read("micro_batch", t.micro_batch, 1);
+  r.read("lr", t.lr, kPositive);
+  r.read("warmup", t.warmup, 0);
+  r.read("min_lr", t.min_lr, kNonNegative);  // and <= lr: validate
   if (auto* b = r.child("betas")) {
-    if (!b->is_array() || b->size() != 2 || !(*b)[0].is_number() || !(*b)[1].is_number())
+    if (!b->is_array() || b->size() != 2)
       throw ConfigError("train.betas: expected an array of two numbers, got " + b->dump());
-    t.beta1 = (*b)[0].get<double>(), t.beta2 = (*b)[1].get<double>();
+    t.beta1 = json_number((*b)[0], "train.betas[0]", kUnitInterval);
+    t.beta2 = json_number((*b)[1], "train.betas[1]", kUnitInterval);
   }
-  r.read("weight_decay", t.weight_decay);
-  r.read("grad_clip", t.grad_clip);
+  r.read("weight_decay", t.weight_decay, kNonNegative);
+  r.read("grad_clip", t.grad_clip, kNonNegative);  // 0 disables clipping
   r.read("precision", t.precision);
-  r.read("log_every", t.log_every);
-  r.read("eval_every", t.eval_every);
-  r.read("eval_batches", t.eval_batches);
-  r.read("checkpoint_every", t.checkpoint_every);
-  r.read("keep_checkpoints", t.keep_checkpoints);
-  r.read("keep_every", t.keep_every);
+  r.read("log_every", t.log_every, 1);
+  r.read("eval_every", t.eval_every, 1);
+  r.read("eval_batches", t.eval_batches, 1);
+  r.read("checkpoint_every", t.checkpoint_every, 1);
+  r.read("keep_checkpoints", t.keep_checkpoints, 1);
+  r.read("keep_every", t.keep_every, 0);  // 0: none
   r.read("device", t.device);
-  r.read("threads", t.threads);
+  r.read("threads", t.threads, 0);        // 0: LibTorch's default
   r.read("cuda_graph", t.cuda_graph);
   r.reject_unknown_keys();
 }
@@ -166,10 +206,6 @@ void require(bool ok, const char* path, Message&& message) {
     throw ConfigError(std::string(path) + ": " + message());
   else
     throw ConfigError(std::string(path) + ": " + message);
-}
-
-void require_positive(int v, const char* path) {
-  require(v > 0, path, [&] { return "must be positive, got " + std::to_string(v); });
 }
 
 void require_one_of(const std::string& v, std::initializer_list<const char*> allowed, const std::string& path) {
@@ -213,19 +249,24 @@ void check_names(const JobConfig& c) {
 
 }  // namespace
 
+// Each field's own domain is checked as it is read (parse_model, parse_train); these are the checks
+// across fields.
 void validate(const JobConfig& c) {
   const auto& m = c.model;
   const auto& t = c.train;
   check_names(c);
-  for (auto [v, p] : {std::pair{m.vocab_size, "model.vocab_size"}, {m.seq_len, "model.seq_len"}, {m.layers, "model.layers"},
-                      {m.d_model, "model.d_model"}, {m.heads, "model.heads"}, {m.granularity, "model.granularity"}})
-    require_positive(v, p);
   require(m.d_model % m.heads == 0, "model.d_model",
           [&] { return "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads); });
-  require(m.dense_size >= 0, "model.dense_size", "must be >= 0");
+  require(m.dense_size > 0 || m.d_model <= kIntMax / 4, "model.d_model", [&] {
+    return "the dense FFN width 4 x d_model = " + std::to_string(4LL * m.d_model) + " does not fit an int; set model.dense_size";
+  });
   if (m.is_moe()) {
     for (auto [v, p] : {std::pair{m.experts, "model.experts"}, {m.top_k, "model.top_k"}, {m.expert_size, "model.expert_size"}})
-      require_positive(v, p);
+      require(v > 0, p, [&] { return "a " + m.router + " router needs an integer >= 1, got " + std::to_string(v); });
+    require(m.experts <= kIntMax / m.granularity, "model.experts", [&] {
+      return "experts " + std::to_string(m.experts) + " x granularity " + std::to_string(m.granularity) + " = " +
+             std::to_string(1LL * m.experts * m.granularity) + " does not fit an int";
+    });
     require(m.expert_size % m.granularity == 0, "model.expert_size", [&] {
       return "expert_size " + std::to_string(m.expert_size) + " is not divisible by granularity " + std::to_string(m.granularity);
     });
@@ -234,34 +275,24 @@ void validate(const JobConfig& c) {
              (m.granularity > 1 ? " (after granularity " + std::to_string(m.granularity) + ")" : "");
     });
   }
-  require(m.aux_loss_coef >= 0, "model.aux_loss_coef", "must be >= 0");
-  require(m.z_loss_coef >= 0, "model.z_loss_coef", "must be >= 0");
   require(m.balance != "aux_loss" || m.aux_loss_coef > 0, "model.aux_loss_coef", "balance \"aux_loss\" needs a coefficient > 0");
   require(m.router != "kmeans" || m.balance != "aux_loss", "model.balance",
           "the kmeans router has no parameters for an auxiliary loss to train; it balances with its own bias");
-  require(m.centroid_decay >= 0 && m.centroid_decay < 1, "model.centroid_decay", "must be in [0, 1)");
 
-  for (auto [v, p] : {std::pair{t.steps, "train.steps"}, {t.batch_size, "train.batch_size"}, {t.micro_batch, "train.micro_batch"},
-                      {t.log_every, "train.log_every"}, {t.eval_every, "train.eval_every"}, {t.eval_batches, "train.eval_batches"},
-                      {t.checkpoint_every, "train.checkpoint_every"}, {t.keep_checkpoints, "train.keep_checkpoints"}})
-    require_positive(v, p);
   require(t.batch_size % t.micro_batch == 0, "train.batch_size", [&] {
     return "batch_size " + std::to_string(t.batch_size) + " is not divisible by micro_batch " + std::to_string(t.micro_batch);
   });
-  require(t.lr > 0, "train.lr", "must be positive");
-  require(t.min_lr >= 0 && t.min_lr <= t.lr, "train.min_lr", "must be in [0, lr]");
-  require(t.warmup >= 0, "train.warmup", "must be >= 0");
-  require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)");
-  require(t.threads >= 0, "train.threads", "must be >= 0");
+  require(t.min_lr <= t.lr, "train.min_lr", [&] {
+    return "expected a number in [0, lr] = [0, " + NumberRange::number_text(t.lr) + "], got " + NumberRange::number_text(t.min_lr);
+  });
   require(!t.cuda_graph || t.device != "cpu", "train.cuda_graph", "needs a GPU, and train.device is cpu");
-  require(t.keep_every >= 0, "train.keep_every", "must be >= 0");
 }
 
 JobConfig parse_job_config(const json& j, bool cross_checks) {
   JobConfig c;
   ObjectReader r(j, "");
   r.read("name", c.name);
-  r.read("seed", c.seed);
+  r.read("seed", c.seed, 0);  // torch seeds are unsigned: a negative one would alias a large one
   if (auto* m = r.child("model")) parse_model(*m, c.model);
   if (auto* t = r.child("train")) parse_train(*t, c.train);
   if (auto* d = r.child("data")) parse_data(*d, c.data);
@@ -273,17 +304,121 @@ JobConfig parse_job_config(const json& j, bool cross_checks) {
   return c;
 }
 
+long long json_integer(const json& v, const std::string& where, long long least, long long most) {
+  // JSON keeps non-negative integers unsigned: compare them as such before narrowing.
+  const bool fits = v.is_number_unsigned()
+                        ? most >= 0 && v.get<unsigned long long>() <= (unsigned long long)most &&
+                              (least <= 0 || v.get<unsigned long long>() >= (unsigned long long)least)
+                        : v.is_number_integer() && v.get<long long>() >= least && v.get<long long>() <= most;
+  if (!fits)
+    throw ConfigError(where + ": expected an integer in [" + std::to_string(least) + ", " + std::to_string(most) + "], got " +
+                      v.dump());
+  return v.get<long long>();
+}
+
+namespace {
+
+// Follows a parse that failed, to say at which key it failed ("train.lr", "axes.seed[2]"), where
+// (line and column) and on what token: nlohmann's own errors for a number it cannot hold say none of it.
+class FailureLocator : public nlohmann::json_sax<json> {
+ public:
+  std::string path, token;
+  size_t offset = 0;  // of the end of the failing token
+
+  bool null() override { return value(); }
+  bool boolean(bool) override { return value(); }
+  bool number_integer(number_integer_t) override { return value(); }
+  bool number_unsigned(number_unsigned_t) override { return value(); }
+  bool number_float(number_float_t, const string_t&) override { return value(); }
+  bool string(string_t&) override { return value(); }
+  bool binary(binary_t&) override { return value(); }
+  bool start_object(std::size_t) override { return enter(false); }
+  bool key(string_t& key) override {
+    levels_.back().key = key;
+    return true;
+  }
+  bool end_object() override { return leave(); }
+  bool start_array(std::size_t) override { return enter(true); }
+  bool end_array() override { return leave(); }
+  bool parse_error(std::size_t position, const std::string& last_token, const nlohmann::detail::exception&) override {
+    for (auto& level : levels_) {
+      if (level.array) path.append("[").append(std::to_string(level.index)).append("]");
+      else if (!level.key.empty()) path.append(path.empty() ? "" : ".").append(level.key);
+    }
+    token = last_token, offset = position;
+    return false;
+  }
+
+ private:
+  struct Level {
+    bool array = false;
+    size_t index = 0;  // of the array element being read
+    std::string key;   // of the object member being read
+  };
+  bool enter(bool array) {
+    levels_.push_back({.array = array});
+    return true;
+  }
+  bool leave() {
+    levels_.pop_back();
+    return value();
+  }
+  bool value() {
+    if (!levels_.empty() && levels_.back().array) ++levels_.back().index;
+    return true;
+  }
+  std::vector<Level> levels_;
+};
+
+// What nlohmann's "number overflow parsing '1e999'" means, for the field at `path`.
+std::string number_out_of_range(const std::string& path, const std::string& number) {
+  return path + ": the number " + number + " is out of range: it must fit a double";
+}
+
+// "(line 3, column 12)" for the character at `offset` of `text`.
+std::string line_and_column(const std::string& text, size_t offset) {
+  offset = std::min(offset, text.size());
+  const size_t line = 1 + std::count(text.begin(), text.begin() + offset, '\n');
+  const size_t line_start = text.rfind('\n', offset == 0 ? 0 : offset - 1);
+  const size_t column = offset - (line_start == std::string::npos || offset == 0 ? 0 : line_start + 1) + 1;
+  return "(line " + std::to_string(line) + ", column " + std::to_string(column) + ")";
+}
+
+}  // namespace
+
 json read_json_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot open file");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   try {
-    return json::parse(in);
+    return json::parse(text);
+  } catch (const json::out_of_range&) {
+    FailureLocator failure;
+    json::sax_parse(text, &failure);
+    const size_t start = failure.offset - std::min(failure.offset, failure.token.size());
+    throw ConfigError(path + ": " + number_out_of_range(failure.path.empty() ? "(top level)" : failure.path, failure.token) +
+                      " " + line_and_column(text, start));
   } catch (const json::parse_error& e) {
     throw ConfigError(path + ": not valid JSON: " + e.what());
   }
 }
 
-JobConfig load_job_config(const std::string& path) { return parse_job_config(read_json_file(path)); }
+JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
+  json config = read_json_file(path);
+  for (auto& assignment : overrides) apply_override(config, assignment);
+  try {
+    return parse_job_config(config);
+  } catch (const ConfigError& e) {
+    // Blame the override that set the offending field, if one did, else the file.
+    const std::string message = e.what();
+    for (auto& assignment : overrides) {
+      const std::string field = assignment.substr(0, assignment.find('='));
+      if (message.starts_with(field + ":") || message.starts_with(field + "[") || message.starts_with(field + "."))
+        throw ConfigError("--set " + assignment + ": " + message);
+    }
+    throw ConfigError(path + ": " + message);
+  }
+}
 
 namespace {
 
@@ -351,8 +486,14 @@ void apply_override(json& config, const std::string& assignment) {
   if (equals == std::string::npos || equals == 0)
     throw ConfigError("--set " + assignment + ": expected PATH=VALUE, e.g. model.router=softmax");
   std::string path = assignment.substr(0, equals), text = assignment.substr(equals + 1);
-  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) value = text;
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::out_of_range&) {
+    throw ConfigError("--set " + assignment + ": " + number_out_of_range(path, text));
+  } catch (const json::parse_error&) {
+    value = text;  // a bare string: model.router=softmax
+  }
   set_dotted(config, path, value);
 }
 

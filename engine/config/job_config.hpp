@@ -5,6 +5,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -102,12 +103,25 @@ struct JobConfig {
   std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less name and where/how it runs
 };
 
-// Parses and validates; throws ConfigError naming the JSON path. Router aliases
+// Parses and validates; throws ConfigError naming the JSON path. Every field is checked against its
+// own domain as it is read (an integer that does not fit is refused, never wrapped). Router aliases
 // ("kern_no_relu", "kern_after_topk") resolve to "kern" with the matching kern options.
-// cross_checks=false checks keys and types only (a sweep's base may be completed by its axes).
+// cross_checks=false skips the checks across fields (a sweep's base may be completed by its axes).
 JobConfig parse_job_config(const nlohmann::json& j, bool cross_checks = true);
-JobConfig load_job_config(const std::string& path);
-nlohmann::json read_json_file(const std::string& path);  // throws ConfigError naming the file
+// The config file with `--set PATH=VALUE` overrides applied; errors start with the file, or with the
+// override that set the offending field.
+JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Throws ConfigError naming the file; a number JSON cannot hold (1e999) is named by its JSON path
+// ("train.lr") and line and column.
+nlohmann::json read_json_file(const std::string& path);
+
+// The integer `v` at JSON path `where` when it lies in [least, most]; otherwise ConfigError
+// "where: expected an integer in [least, most], got v". Out of range is refused, never wrapped.
+long long json_integer(const nlohmann::json& v, const std::string& where, long long least, long long most);
+// The same for a count held in an int: from `least` to the most an int holds.
+inline int json_int(const nlohmann::json& v, const std::string& where, int least) {
+  return int(json_integer(v, where, least, std::numeric_limits<int>::max()));
+}
 
 // Dotted paths ("model.router") address config fields, as sweep axes do. set_dotted creates objects
 // on the way; find_dotted returns null when the path is absent. `assignment` is "path=value" with a

@@ -1,5 +1,9 @@
 // The job config contract: defaults, aliases, canonical form and identity, and errors naming paths.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "engine/config/job_config.hpp"
 
@@ -11,6 +15,22 @@ namespace {
 std::string error_of(const json& j) {
   try {
     parse_job_config(j);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A config file holding `text` as written (a number JSON cannot hold has no json value to dump).
+std::string write_file(const std::string& name, const std::string& text) {
+  auto path = std::filesystem::temp_directory_path() / ("moelab_config_" + std::to_string(getpid()) + "_" + name);
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+std::string load_error(const std::string& path, const std::vector<std::string>& overrides = {}) {
+  try {
+    load_job_config(path, overrides);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -69,7 +89,7 @@ TEST(JobConfig, ErrorsNameTheJsonPath) {
   EXPECT_EQ(error_of(json{{"model", {{"granularity", 8}, {"experts", 4}, {"top_k", 8}, {"expert_size", 64}}}}),
             "model.top_k: top_k 64 exceeds experts 32 (after granularity 8)");
   EXPECT_EQ(error_of(json{{"model", {{"balance", "aux_loss"}}}}), "model.aux_loss_coef: balance \"aux_loss\" needs a coefficient > 0");
-  EXPECT_EQ(error_of(json{{"seed", 1.5}}), "seed: expected an integer, got 1.5");
+  EXPECT_EQ(error_of(json{{"seed", 1.5}}), "seed: expected an integer in [0, 9223372036854775807], got 1.5");
   EXPECT_EQ(error_of(json{{"train", {{"cuda_graph", true}, {"device", "cpu"}}}}),
             "train.cuda_graph: needs a GPU, and train.device is cpu");
   EXPECT_EQ(error_of(json{{"train", {{"cuda_graph", 1}}}}), "train.cuda_graph: expected a boolean, got 1");
@@ -85,4 +105,85 @@ TEST(JobConfig, OverridesSetDottedPathsWithJsonOrStringValues) {
   EXPECT_EQ(j["model"]["top_k"], 2);
   EXPECT_EQ(j["model"]["kern"]["relu"], false);
   EXPECT_THROW(apply_override(j, "model.router"), ConfigError);
+}
+
+// 4294967297 is 2^32 + 1: read through an int it used to become 1 (one step trained, 1 recorded as the
+// total), and d_model 4294967328 became 32.
+TEST(JobConfig, IntegersThatDoNotFitAreRefusedNotWrapped) {
+  EXPECT_EQ(error_of(json{{"train", {{"steps", 4294967297}}}}), "train.steps: expected an integer in [1, 2147483647], got 4294967297");
+  EXPECT_EQ(error_of(json{{"model", {{"d_model", 4294967328}}}}),
+            "model.d_model: expected an integer in [1, 2147483647], got 4294967328");
+  EXPECT_EQ(error_of(json{{"model", {{"top_k", -4294967294}}}}), "model.top_k: expected an integer in [0, 2147483647], got -4294967294");
+  EXPECT_EQ(error_of(json{{"seed", 9223372036854775808ull}}),
+            "seed: expected an integer in [0, 9223372036854775807], got 9223372036854775808");
+  EXPECT_EQ(error_of(json{{"seed", -1}}), "seed: expected an integer in [0, 9223372036854775807], got -1");
+  EXPECT_EQ(parse_job_config(json{{"seed", 9223372036854775807ll}}).seed, 9223372036854775807ll);
+  EXPECT_EQ(error_of(json{{"train", {{"threads", -1}}}}), "train.threads: expected an integer in [0, 2147483647], got -1");
+  EXPECT_EQ(error_of(json{{"model", {{"d_model", 1073741824}, {"heads", 1}}}}),
+            "model.d_model: the dense FFN width 4 x d_model = 4294967296 does not fit an int; set model.dense_size");
+  EXPECT_EQ(error_of(json{{"model", {{"experts", 1073741824}, {"granularity", 4}, {"expert_size", 384}}}}),
+            "model.experts: experts 1073741824 x granularity 4 = 4294967296 does not fit an int");
+  // --set values go through the same reader.
+  json j = json::object();
+  apply_override(j, "train.steps=4294967297");
+  EXPECT_EQ(error_of(j), "train.steps: expected an integer in [1, 2147483647], got 4294967297");
+}
+
+TEST(JobConfig, RealFieldsAreCheckedAgainstTheirDomain) {
+  const std::vector<std::pair<json, std::string>> cases = {
+      {{{"train", {{"betas", {1.5, 0.95}}}}}, "train.betas[0]: expected a number in [0, 1), got 1.5"},
+      {{{"train", {{"betas", {0.9, 1}}}}}, "train.betas[1]: expected a number in [0, 1), got 1"},
+      {{{"train", {{"betas", {0.9, "x"}}}}}, "train.betas[1]: expected a number in [0, 1), got \"x\""},
+      {{{"train", {{"weight_decay", -0.1}}}}, "train.weight_decay: expected a number >= 0, got -0.1"},
+      {{{"train", {{"grad_clip", -1}}}}, "train.grad_clip: expected a number >= 0, got -1"},
+      {{{"train", {{"lr", 0}}}}, "train.lr: expected a number > 0, got 0"},
+      {{{"train", {{"lr", -6e-4}}}}, "train.lr: expected a number > 0, got -0.0006"},
+      {{{"train", {{"min_lr", -1e-5}}}}, "train.min_lr: expected a number >= 0, got -1e-05"},
+      {{{"train", {{"lr", 1e-4}, {"min_lr", 1e-3}}}}, "train.min_lr: expected a number in [0, lr] = [0, 0.0001], got 0.001"},
+      {{{"model", {{"bias_update_rate", -1}}}}, "model.bias_update_rate: expected a number >= 0, got -1"},
+      {{{"model", {{"aux_loss_coef", -0.01}}}}, "model.aux_loss_coef: expected a number >= 0, got -0.01"},
+      {{{"model", {{"z_loss_coef", -0.01}}}}, "model.z_loss_coef: expected a number >= 0, got -0.01"},
+      {{{"model", {{"centroid_decay", 1.0}}}}, "model.centroid_decay: expected a number in [0, 1), got 1.0"},
+      {{{"model", {{"centroid_decay", "0.9"}}}}, "model.centroid_decay: expected a number in [0, 1), got \"0.9\""},
+  };
+  for (auto& [config, message] : cases) EXPECT_EQ(error_of(config), message) << config.dump();
+  // The ends of each range that are allowed.
+  auto edges = parse_job_config(json::parse(
+      R"({"train": {"betas": [0, 0.999], "weight_decay": 0, "grad_clip": 0, "lr": 1e-4, "min_lr": 1e-4},
+          "model": {"bias_update_rate": 0, "centroid_decay": 0}})"));
+  EXPECT_EQ(edges.train.min_lr, edges.train.lr);
+}
+
+// nlohmann's own message for 1e999 ("number overflow parsing '1e999'") named neither file nor key.
+TEST(JobConfig, NumbersJsonCannotHoldNameTheFileTheKeyAndTheLine) {
+  auto path = write_file("overflow.json", "{\n  \"train\": {\n    \"steps\": 10,\n    \"lr\": 1e999\n  }\n}\n");
+  EXPECT_EQ(load_error(path), path + ": train.lr: the number 1e999 is out of range: it must fit a double (line 4, column 11)");
+  auto in_list = write_file("overflow_list.json", R"({"axes": {"model.aux_loss_coef": [0.1, -1e999]}})");
+  try {
+    read_json_file(in_list);
+    ADD_FAILURE() << "1e999 was read";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), in_list + ": axes.model.aux_loss_coef[1]: the number -1e999 is out of range: it must "
+                                                "fit a double (line 1, column 40)");
+  }
+  json j = json::object();
+  try {
+    apply_override(j, "train.lr=1e999");
+    ADD_FAILURE() << "1e999 was set";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "--set train.lr=1e999: train.lr: the number 1e999 is out of range: it must fit a double");
+  }
+  std::filesystem::remove(path);
+  std::filesystem::remove(in_list);
+}
+
+TEST(JobConfig, LoadErrorsNameTheFileOrTheOverride) {
+  auto path = write_file("load.json", R"({"train": {"weight_decay": -0.1}})");
+  EXPECT_EQ(load_error(path), path + ": train.weight_decay: expected a number >= 0, got -0.1");
+  EXPECT_EQ(load_error(path, {"train.weight_decay=0.1", "train.steps=4294967297"}),
+            "--set train.steps=4294967297: train.steps: expected an integer in [1, 2147483647], got 4294967297");
+  EXPECT_EQ(load_error(path, {"train.betas=[1.5,0.9]", "train.weight_decay=0"}),
+            "--set train.betas=[1.5,0.9]: train.betas[0]: expected a number in [0, 1), got 1.5");
+  EXPECT_EQ(load_error(path, {"train.weight_decay=0.1"}), "");
+  std::filesystem::remove(path);
 }
