@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -462,9 +463,12 @@ std::string lowercase(std::string text) {
   return text;
 }
 
-// What read_only_query's authorizer refused first (prepare stops there); empty when nothing was.
+// What read_only_query's authorizer refused first (SQLite asks no more after a refusal); empty when
+// nothing was. For CREATE, DROP and ANALYZE, SQLite's first question is a write to its schema table
+// (INSERT sqlite_master), which says less than the statement itself.
 struct ReadOnlyGuard {
   std::string refused;
+  bool refused_schema_write = false;
   std::chrono::steady_clock::time_point deadline;
   bool timed_out = false;
 };
@@ -476,19 +480,27 @@ int allow_only_reads(void* user, int action, const char* arg1, const char* arg2,
     case SQLITE_FUNCTION:
     case SQLITE_RECURSIVE:
       return SQLITE_OK;
-    case SQLITE_READ:
-      if (database && std::string_view(database) == "main") return SQLITE_OK;
+    case SQLITE_READ:  // no database: a table SQLite has not placed yet (count(*)), and only main holds tables
+      if (!database || std::string_view(database) == "main") return SQLITE_OK;
       break;
     case SQLITE_PRAGMA:
       if ((!arg2 && kReportingPragmas.count(name)) || kSchemaPragmas.count(name)) return SQLITE_OK;
       break;
+    case SQLITE_UPDATE:
+      // SQLite asks this of itself the first time a connection uses a table-valued pragma
+      // (pragma_table_info). No such write can happen: the connection is read-only and defensive,
+      // and writable_schema is refused.
+      if (name == "sqlite_master" && database && std::string_view(database) == "main") return SQLITE_OK;
+      break;
   }
   auto& guard = *static_cast<ReadOnlyGuard*>(user);
   if (guard.refused.empty()) {
+    guard.refused_schema_write = name.starts_with("sqlite_") && action != SQLITE_READ;
     guard.refused = action_name(action);
     if (action == SQLITE_PRAGMA) guard.refused += " " + name + (arg2 ? std::string(" = ") + arg2 : "");
     else if (action == SQLITE_READ) guard.refused += std::string(" ") + (database ? database : "?") + "." + name;
-    else if (arg1 && action != SQLITE_TRANSACTION && action != SQLITE_ATTACH) guard.refused += std::string(" ") + arg1;
+    else if (action == SQLITE_ATTACH) guard.refused += std::string(" '") + (arg1 ? arg1 : "") + "'";  // also VACUUM INTO's target
+    else if (arg1 && action != SQLITE_TRANSACTION) guard.refused += std::string(" ") + arg1;
   }
   return SQLITE_DENY;
 }
@@ -504,6 +516,15 @@ std::string seconds_text(std::chrono::milliseconds duration) {
   char text[32];
   std::snprintf(text, sizeof text, "%g", duration.count() / 1000.0);
   return text;
+}
+
+// The statement as the user wrote it, on one line and cut short, for messages.
+std::string statement_head(const std::string& sql) {
+  std::string head;
+  for (char c : sql) head += std::isspace(static_cast<unsigned char>(c)) ? ' ' : c;
+  const size_t start = head.find_first_not_of(' '), end = head.find_last_not_of(" ;");
+  head = start == std::string::npos ? "" : head.substr(start, end - start + 1);
+  return head.size() > 60 ? head.substr(0, 57) + "..." : head;
 }
 
 std::string first_word(const std::string& sql) {
@@ -536,6 +557,7 @@ Store::Table read_only_query(const std::string& path, const std::string& sql, st
   } catch (const QueryRefused&) {
     throw QueryRefused("db query is read-only: " + first_word(sql) + " refused (it writes)");
   } catch (const StoreError& e) {
+    if (guard.refused_schema_write) throw QueryRefused("db query is read-only: " + statement_head(sql) + " refused (it changes the schema)");
     if (!guard.refused.empty()) throw QueryRefused("db query is read-only: " + guard.refused + " refused");
     if (guard.timed_out)
       throw StoreError("db query stopped: it ran past its time limit of " + seconds_text(time_limit) + " s");

@@ -81,7 +81,13 @@ class ServeProcess {
     if (running()) kill(pid_, SIGKILL), waitpid(pid_, nullptr, 0);
   }
   int port() const { return port_; }
-  bool running() { return exit_status_ < 0 && waitpid(pid_, &exit_status_, WNOHANG) == 0 && (exit_status_ = -1) < 0; }
+  bool running() {
+    if (exit_status_ >= 0) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) != pid_) return true;
+    exit_status_ = status;
+    return false;
+  }
   // Sends the signal and waits up to limit_s for the process to end; its exit status, or -1 if still running.
   int signal_and_wait(int signal, double limit_s) {
     kill(pid_, signal);
