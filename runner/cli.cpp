@@ -101,7 +101,7 @@ int train(const std::vector<std::string>& args) {
 
 std::atomic<bool> serve_stop{false};
 // How long `moelab serve` waits for its connections to close after SIGTERM/SIGINT before it exits anyway.
-constexpr std::chrono::milliseconds kServeStopGrace{1500};
+constexpr std::chrono::milliseconds kServeStopGrace{1000};
 
 int serve(const std::vector<std::string>& args) {
   std::string checkpoint, host;
@@ -138,20 +138,21 @@ int serve(const std::vector<std::string>& args) {
   std::thread watcher([&] {
     while (!serve_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     server.stop();  // running and waiting requests end at their next forward pass
-    // A client still sending its request holds a worker that stop() cannot reach; the promise is to
-    // be gone within 2 s of the signal, and a server has nothing to save.
-    for (const auto give_up = std::chrono::steady_clock::now() + kServeStopGrace; !stopped;
-         std::this_thread::sleep_for(std::chrono::milliseconds(10)))
-      if (std::chrono::steady_clock::now() > give_up) {
-        std::fprintf(stderr, "moelab serve: a connection still open %g s after the stop; exiting\n",
-                     std::chrono::duration<double>(kServeStopGrace).count());
-        std::_Exit(0);
-      }
+    // A client still sending its request holds a worker that stop() cannot reach, so the workers
+    // get only so long. Then the process ends without libtorch's teardown (about a second on a busy
+    // machine): a server has nothing to save, and SIGTERM's promise is to be gone within 2 s.
+    const auto give_up = std::chrono::steady_clock::now() + kServeStopGrace;
+    while (!stopped && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!stopped)
+      std::fprintf(stderr, "moelab serve: a connection still open %g s after the stop; exiting\n",
+                   std::chrono::duration<double>(kServeStopGrace).count());
+    std::fflush(nullptr);
+    std::_Exit(0);
   });
   server.listen();
   stopped = true;
   serve_stop = true;
-  watcher.join();
+  watcher.join();  // does not return: the watcher ends the process
   return 0;
 }
 

@@ -4,8 +4,11 @@
 // objects, and that no request can hold the model: the real `moelab serve` process under a huge
 // max_tokens, a long generation, a client that hangs up, and SIGTERM mid-generation.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -318,14 +321,20 @@ TEST_F(Serve, AClientThatHangsUpStopsItsGeneration) {
   EXPECT_LT(next.seconds, 1.5);
 }
 
-// SIGTERM while one request generates, another waits for the model and a keep-alive connection idles:
-// the process is gone within 2 s, and the two requests are told the server is shutting down.
+// SIGTERM while one request generates, another waits for the model, a keep-alive connection idles
+// and a client has sent half a request: the process is gone within 2 s, and the two requests are
+// told the server is shutting down.
 TEST_F(Serve, SigtermStopsTheServerWithinTwoSecondsMidGeneration) {
   ServeProcess serve("--checkpoint " + checkpoint_ + " --max-tokens 100000000 --request-timeout 60");
   ASSERT_GT(serve.port(), 0);
   httplib::Client idle("127.0.0.1", serve.port());
   idle.set_keep_alive(true);
   ASSERT_TRUE(idle.Get("/health"));
+  const int half_sent = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{.sin_family = AF_INET, .sin_port = htons(uint16_t(serve.port())), .sin_addr = {htonl(INADDR_LOOPBACK)}};
+  ASSERT_EQ(connect(half_sent, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  const std::string half = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n";
+  ASSERT_EQ(write(half_sent, half.data(), half.size()), ssize_t(half.size()));
   auto generating = std::async(std::launch::async, [&] {
     return post_to(serve.port(), "/v1/completions", {{"prompt", "It is"}, {"max_tokens", 100000000}});
   });
@@ -345,6 +354,7 @@ TEST_F(Serve, SigtermStopsTheServerWithinTwoSecondsMidGeneration) {
     EXPECT_EQ(answer.status, 503) << answer.body;
     expect_error_object(answer.body, "server_error", "shutting_down");
   }
+  close(half_sent);
 }
 
 TEST_F(Serve, ModelsListAndErrorObjects) {
