@@ -527,13 +527,6 @@ std::string statement_head(const std::string& sql) {
   return head.size() > 60 ? head.substr(0, 57) + "..." : head;
 }
 
-std::string first_word(const std::string& sql) {
-  const size_t start = sql.find_first_not_of(" \t\r\n(");
-  if (start == std::string::npos) return sql;
-  const size_t end = sql.find_first_of(" \t\r\n;(", start);
-  return sql.substr(start, end == std::string::npos ? std::string::npos : end - start);
-}
-
 }  // namespace
 
 Store::Table Store::query_table(const std::string& sql) const { return read_table(db_, sql); }
@@ -555,7 +548,7 @@ Store::Table read_only_query(const std::string& path, const std::string& sql, st
   try {
     return read_table(db, sql);
   } catch (const QueryRefused&) {
-    throw QueryRefused("db query is read-only: " + first_word(sql) + " refused (it writes)");
+    throw QueryRefused("db query is read-only: " + statement_head(sql) + " refused (it writes)");
   } catch (const StoreError& e) {
     if (guard.refused_schema_write) throw QueryRefused("db query is read-only: " + statement_head(sql) + " refused (it changes the schema)");
     if (!guard.refused.empty()) throw QueryRefused("db query is read-only: " + guard.refused + " refused");

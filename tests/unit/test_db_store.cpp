@@ -384,8 +384,8 @@ TEST_F(StoreTest, ReadOnlyQueryRefusesEveryChangeAndLeavesTheFileAsItWas) {
       {"CREATE TEMP VIEW v AS SELECT 1", "CREATE TEMP VIEW v AS SELECT 1 refused"},
       {"CREATE TEMP TRIGGER g AFTER INSERT ON jobs BEGIN SELECT 1; END", "CREATE TEMP TRIGGER g refused"},
       {"ALTER TABLE jobs ADD COLUMN x", "ALTER TABLE"},
-      {"VACUUM INTO '" + copy + "'", "VACUUM refused"},
-      {"VACUUM", "VACUUM refused"},
+      {"VACUUM INTO '" + copy + "'", "read-only: VACUUM INTO '/"},  // the statement, cut at 60 characters
+      {"VACUUM", "VACUUM refused (it writes)"},
       {"REINDEX", "REINDEX"},
       {"ANALYZE", "ANALYZE refused"},
       {"BEGIN IMMEDIATE", "a transaction refused"},
