@@ -3,8 +3,12 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <set>
 #include <thread>
 
@@ -421,19 +425,148 @@ void Store::log_event(const std::string& job_id, const std::string& level, const
   });
 }
 
-Store::Table Store::query_table(const std::string& sql) const {
+namespace {
+
+// The rows of sql, which must be one statement that does not write; NULL reads as "".
+Store::Table read_table(sqlite3* db, const std::string& sql) {
   const char* tail = nullptr;
-  Statement s(db_, prepare(db_, sql, &tail), sql, Statement::Ownership::one_shot);
+  Statement s(db, prepare(db, sql, &tail), sql, Statement::Ownership::one_shot);
   // prepare reads only the first statement; a second one would be silently ignored.
-  if (has_statement(db_, tail)) throw StoreError("query takes one statement: " + sql);
-  if (!s.read_only()) throw StoreError("query refuses a statement that writes: " + sql);
-  Table table;
+  if (has_statement(db, tail)) throw StoreError("query takes one statement: " + sql);
+  if (!s.read_only()) throw QueryRefused("query refuses a statement that writes: " + sql);
+  Store::Table table;
   for (int c = 0; c < s.columns(); ++c) table.columns.push_back(s.column_name(c));
   while (s.next_row()) {
     auto& row = table.rows.emplace_back();
     for (int c = 0; c < s.columns(); ++c) row.push_back(s.text(c));
   }
   return table;
+}
+
+// Pragmas that only report. The first take no value; the second an argument naming a table or
+// index (table_info(jobs)) or a row limit (integrity_check(10)), never a setting.
+const std::set<std::string> kReportingPragmas = {
+    "user_version", "schema_version", "application_id", "data_version", "page_size", "page_count", "freelist_count",
+    "encoding", "compile_options", "database_list", "collation_list", "function_list", "module_list", "pragma_list"};
+const std::set<std::string> kSchemaPragmas = {"table_info",      "table_xinfo",       "table_list",     "index_list", "index_info",
+                                              "index_xinfo",     "foreign_key_list",  "foreign_key_check",
+                                              "integrity_check", "quick_check"};
+
+// What an authorizer action code does, for the refusal message.
+std::string action_name(int action) {
+  static const std::map<int, std::string> names = {
+      {SQLITE_CREATE_INDEX, "CREATE INDEX"}, {SQLITE_CREATE_TABLE, "CREATE TABLE"}, {SQLITE_CREATE_TEMP_INDEX, "CREATE TEMP INDEX"},
+      {SQLITE_CREATE_TEMP_TABLE, "CREATE TEMP TABLE"}, {SQLITE_CREATE_TEMP_TRIGGER, "CREATE TEMP TRIGGER"},
+      {SQLITE_CREATE_TEMP_VIEW, "CREATE TEMP VIEW"}, {SQLITE_CREATE_TRIGGER, "CREATE TRIGGER"}, {SQLITE_CREATE_VIEW, "CREATE VIEW"},
+      {SQLITE_DELETE, "DELETE"}, {SQLITE_DROP_INDEX, "DROP INDEX"}, {SQLITE_DROP_TABLE, "DROP TABLE"},
+      {SQLITE_DROP_TEMP_INDEX, "DROP TEMP INDEX"}, {SQLITE_DROP_TEMP_TABLE, "DROP TEMP TABLE"},
+      {SQLITE_DROP_TEMP_TRIGGER, "DROP TEMP TRIGGER"}, {SQLITE_DROP_TEMP_VIEW, "DROP TEMP VIEW"},
+      {SQLITE_DROP_TRIGGER, "DROP TRIGGER"}, {SQLITE_DROP_VIEW, "DROP VIEW"}, {SQLITE_INSERT, "INSERT"}, {SQLITE_PRAGMA, "PRAGMA"},
+      {SQLITE_READ, "reading"}, {SQLITE_TRANSACTION, "a transaction"}, {SQLITE_UPDATE, "UPDATE"}, {SQLITE_ATTACH, "ATTACH"},
+      {SQLITE_DETACH, "DETACH"}, {SQLITE_ALTER_TABLE, "ALTER TABLE"}, {SQLITE_REINDEX, "REINDEX"}, {SQLITE_ANALYZE, "ANALYZE"},
+      {SQLITE_CREATE_VTABLE, "CREATE VIRTUAL TABLE"}, {SQLITE_DROP_VTABLE, "DROP VIRTUAL TABLE"}, {SQLITE_SAVEPOINT, "SAVEPOINT"}};
+  auto it = names.find(action);
+  return it != names.end() ? it->second : "action " + std::to_string(action);
+}
+
+std::string lowercase(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+  return text;
+}
+
+// What read_only_query's authorizer refused first (SQLite asks no more after a refusal); empty when
+// nothing was. For CREATE, DROP and ANALYZE, SQLite's first question is a write to its schema table
+// (INSERT sqlite_master), which says less than the statement itself.
+struct ReadOnlyGuard {
+  std::string refused;
+  bool refused_schema_write = false;
+  std::chrono::steady_clock::time_point deadline;
+  bool timed_out = false;
+};
+
+int allow_only_reads(void* user, int action, const char* arg1, const char* arg2, const char* database, const char*) {
+  const std::string name = lowercase(arg1 ? arg1 : "");
+  switch (action) {
+    case SQLITE_SELECT:
+    case SQLITE_FUNCTION:
+    case SQLITE_RECURSIVE:
+      return SQLITE_OK;
+    case SQLITE_READ:  // no database: a table SQLite has not placed yet (count(*)), and only main holds tables
+      if (!database || std::string_view(database) == "main") return SQLITE_OK;
+      break;
+    case SQLITE_PRAGMA:
+      if ((!arg2 && kReportingPragmas.count(name)) || kSchemaPragmas.count(name)) return SQLITE_OK;
+      break;
+    case SQLITE_UPDATE:
+      // SQLite asks this of itself the first time a connection uses a table-valued pragma
+      // (pragma_table_info). No such write can happen: the connection is read-only and defensive,
+      // and writable_schema is refused.
+      if (name == "sqlite_master" && database && std::string_view(database) == "main") return SQLITE_OK;
+      break;
+  }
+  auto& guard = *static_cast<ReadOnlyGuard*>(user);
+  if (guard.refused.empty()) {
+    guard.refused_schema_write = name.starts_with("sqlite_") && action != SQLITE_READ;
+    guard.refused = action_name(action);
+    if (action == SQLITE_PRAGMA) guard.refused += " " + name + (arg2 ? std::string(" = ") + arg2 : "");
+    else if (action == SQLITE_READ) guard.refused += std::string(" ") + (database ? database : "?") + "." + name;
+    else if (action == SQLITE_ATTACH) guard.refused += std::string(" '") + (arg1 ? arg1 : "") + "'";  // also VACUUM INTO's target
+    else if (arg1 && action != SQLITE_TRANSACTION) guard.refused += std::string(" ") + arg1;
+  }
+  return SQLITE_DENY;
+}
+
+// Called every few thousand virtual-machine steps; a non-zero answer interrupts the statement.
+int stop_at_deadline(void* user) {
+  auto& guard = *static_cast<ReadOnlyGuard*>(user);
+  guard.timed_out = std::chrono::steady_clock::now() > guard.deadline;
+  return guard.timed_out;
+}
+
+std::string seconds_text(std::chrono::milliseconds duration) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", duration.count() / 1000.0);
+  return text;
+}
+
+// The statement as the user wrote it, on one line and cut short, for messages.
+std::string statement_head(const std::string& sql) {
+  std::string head;
+  for (char c : sql) head += std::isspace(static_cast<unsigned char>(c)) ? ' ' : c;
+  const size_t start = head.find_first_not_of(' '), end = head.find_last_not_of(" ;");
+  head = start == std::string::npos ? "" : head.substr(start, end - start + 1);
+  return head.size() > 60 ? head.substr(0, 57) + "..." : head;
+}
+
+}  // namespace
+
+Store::Table Store::query_table(const std::string& sql) const { return read_table(db_, sql); }
+
+Store::Table read_only_query(const std::string& path, const std::string& sql, std::chrono::milliseconds time_limit) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    std::string message = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    throw StoreError(path + ": cannot open store read-only: " + message);
+  }
+  std::unique_ptr<sqlite3, int (*)(sqlite3*)> connection(db, sqlite3_close);
+  ReadOnlyGuard guard{.deadline = std::chrono::steady_clock::now() + time_limit};
+  sqlite3_limit(db, SQLITE_LIMIT_ATTACHED, 0);
+  sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, nullptr);
+  sqlite3_set_authorizer(db, allow_only_reads, &guard);
+  sqlite3_progress_handler(db, 1000, stop_at_deadline, &guard);
+  sqlite3_busy_timeout(db, int(time_limit.count()));  // e.g. while a writer recovers the WAL
+  try {
+    return read_table(db, sql);
+  } catch (const QueryRefused&) {
+    throw QueryRefused("db query is read-only: " + statement_head(sql) + " refused (it writes)");
+  } catch (const StoreError& e) {
+    if (guard.refused_schema_write) throw QueryRefused("db query is read-only: " + statement_head(sql) + " refused (it changes the schema)");
+    if (!guard.refused.empty()) throw QueryRefused("db query is read-only: " + guard.refused + " refused");
+    if (guard.timed_out)
+      throw StoreError("db query stopped: it ran past its time limit of " + seconds_text(time_limit) + " s");
+    throw;
+  }
 }
 
 }  // namespace moelab

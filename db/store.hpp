@@ -4,6 +4,7 @@
 // duplicates a row (a re-run step replaces the row it wrote before the interruption).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -146,5 +147,18 @@ class Store {
   sqlite3* db_ = nullptr;
   mutable std::unordered_map<std::string, sqlite3_stmt*> statements_;  // prepared once per connection
 };
+
+// A statement `read_only_query` will not run: it would write, attach, or set a pragma.
+struct QueryRefused : StoreError {
+  using StoreError::StoreError;
+};
+
+// `moelab db query`: a user's one statement on a connection of its own that cannot change the store,
+// whatever the SQL says. The file is opened read-only (no migration, no WAL conversion), no database
+// may be attached, and an authorizer lets through only reads of the main database: SELECT, functions,
+// recursive CTEs and the pragmas that only report (table_info(t), user_version, ...). Anything else
+// throws QueryRefused naming it. A query still running at time_limit is stopped (StoreError naming the
+// limit), so a recursive CTE without end cannot hang the caller. Readable while a writer holds the store.
+Store::Table read_only_query(const std::string& path, const std::string& sql, std::chrono::milliseconds time_limit);
 
 }  // namespace moelab

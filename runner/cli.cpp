@@ -7,6 +7,7 @@
 #include <thread>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -111,34 +112,59 @@ int train(const std::vector<std::string>& args) {
 }
 
 std::atomic<bool> serve_stop{false};
+// How long `moelab serve` waits for its connections to close after SIGTERM/SIGINT before it exits anyway.
+constexpr std::chrono::milliseconds kServeStopGrace{1000};
 
 int serve(const std::vector<std::string>& args) {
   std::string checkpoint, host;
   int port = 0;
+  ServeLimits limits;
+  double request_timeout = std::chrono::duration<double>(limits.request_timeout).count();
   po::options_description options("moelab serve");
   options.add_options()
       ("checkpoint", po::value(&checkpoint)->required(), "a checkpoint's .pt file")
       ("host", po::value(&host)->default_value("127.0.0.1"), "address to listen on (loopback unless told otherwise)")
-      ("port", po::value(&port)->default_value(8000)->notifier(in_range("--port", 0, 65535)), "port; 0 picks a free one");
+      ("port", po::value(&port)->default_value(8000)->notifier(in_range("--port", 0, 65535)), "port; 0 picks a free one")
+      ("max-tokens", po::value(&limits.max_tokens)->default_value(limits.max_tokens),
+       "most tokens one completion may ask for (more: 400); 0: the model's context")
+      ("request-timeout", po::value(&request_timeout)->default_value(request_timeout),
+       "seconds one request may wait for the model and run (then 503)");
   po::variables_map vm;
-  if (!parse_options(args, "serve --checkpoint PATH [--host 127.0.0.1] [--port N]", options, vm)) return 0;
+  if (!parse_options(args, "serve --checkpoint PATH [--host 127.0.0.1] [--port N] [--max-tokens N] [--request-timeout S]", options,
+                     vm))
+    return 0;
+  if (limits.max_tokens < 0) throw std::runtime_error("--max-tokens " + std::to_string(limits.max_tokens) + ": give 0 or more");
+  if (!(request_timeout > 0)) throw std::runtime_error("--request-timeout " + std::to_string(request_timeout) + ": give seconds > 0");
+  limits.request_timeout = std::chrono::milliseconds(int64_t(request_timeout * 1000));
   Scorer scorer(checkpoint);
-  CompletionServer server(scorer, scorer.config().name);
+  CompletionServer server(scorer, scorer.config().name, limits);
   const int bound = server.bind(host, port);
-  std::printf("serving %s (step %d) at http://%s:%d/v1/completions\n", scorer.config().name.c_str(), scorer.step(),
-              host.c_str(), bound);
+  std::printf("serving %s (step %d) at http://%s:%d/v1/completions (max_tokens <= %lld, %g s per request)\n",
+              scorer.config().name.c_str(), scorer.step(), host.c_str(), bound, (long long)server.max_tokens(), request_timeout);
   std::fflush(stdout);
   // A signal only raises a flag; this thread turns it into an orderly stop of the server.
   auto request_stop = [](int) { serve_stop = true; };
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
+  std::atomic<bool> stopped{false};
   std::thread watcher([&] {
     while (!serve_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    server.stop();
+    server.stop();  // running and waiting requests end at their next forward pass
+    // A client still sending its request holds a worker that stop() cannot reach, so the workers
+    // get only so long. Then the process ends without libtorch's teardown (about a second on a busy
+    // machine): a server has nothing to save, and SIGTERM's promise is to be gone within 2 s.
+    const auto give_up = std::chrono::steady_clock::now() + kServeStopGrace;
+    while (!stopped && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!stopped)
+      std::fprintf(stderr, "moelab serve: a connection still open %g s after the stop; exiting\n",
+                   std::chrono::duration<double>(kServeStopGrace).count());
+    std::fflush(nullptr);
+    std::_Exit(0);
   });
   server.listen();
+  stopped = true;
   serve_stop = true;
-  watcher.join();
+  watcher.join();  // does not return: the watcher ends the process
   return 0;
 }
 

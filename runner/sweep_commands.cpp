@@ -236,16 +236,18 @@ int cancel(const std::vector<std::string>& args) {
 
 int query(const std::vector<std::string>& args) {
   std::string sql, db_path;
+  double time_limit = 0;
   po::options_description options("moelab db query");
-  options.add_options()("sql", po::value(&sql)->required(), "a read-only SQL statement")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store");
+  options.add_options()("sql", po::value(&sql)->required(), "one read-only SQL statement")(
+      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store")(
+      "time-limit", po::value(&time_limit)->default_value(30), "seconds the query may run before it is stopped");
   po::positional_options_description positional;
   positional.add("sql", 1);
   po::variables_map vm;
-  if (!parse_options(args, "db query \"SQL\" [--db FILE]", options, vm, positional)) return 0;
+  if (!parse_options(args, "db query \"SQL\" [--db FILE] [--time-limit SECONDS]", options, vm, positional)) return 0;
+  if (!(time_limit > 0)) throw std::runtime_error("--time-limit " + std::to_string(time_limit) + ": give seconds > 0");
   if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
-  Store store(db_path);
-  auto table = store.query_table(sql);
+  auto table = read_only_query(db_path, sql, std::chrono::milliseconds(int64_t(time_limit * 1000)));
   print_table(table.columns, table.rows);
   return 0;
 }

@@ -40,7 +40,7 @@ void Scorer::score_window(const std::vector<uint32_t>& tokens, size_t first, siz
   }
 }
 
-TokenScores Scorer::score(const std::vector<uint32_t>& tokens) {
+TokenScores Scorer::score(const std::vector<uint32_t>& tokens, const BetweenPasses& between_passes) {
   TORCH_CHECK(!tokens.empty(), "score: no tokens");
   TORCH_CHECK(context() >= 2, "score: a context of ", context(), " token cannot condition on anything");
   const size_t n = tokens.size(), window = context(), stride = window / 2;
@@ -49,18 +49,22 @@ TokenScores Scorer::score(const std::vector<uint32_t>& tokens) {
   s.top_token.assign(n, 0);
   s.top_logprob.assign(n, std::nan(""));
   size_t end = std::min(n, window);
+  between_passes();
   score_window(tokens, 1, end, s);
   for (size_t next; end < n; end = next) {
     next = std::min(n, end + stride);  // the window [next - context, next) keeps >= context/2 tokens of history
+    between_passes();
     score_window(tokens, end, next, s);
   }
   return s;
 }
 
-std::vector<uint32_t> Scorer::generate(std::vector<uint32_t> tokens, int max_tokens, const std::vector<std::string>& stop) {
+std::vector<uint32_t> Scorer::generate(std::vector<uint32_t> tokens, int64_t max_tokens, const std::vector<std::string>& stop,
+                                       const BetweenPasses& between_passes) {
   std::vector<uint32_t> generated;
   std::string text;
-  for (int i = 0; i < max_tokens; ++i) {
+  for (int64_t i = 0; i < max_tokens; ++i) {
+    between_passes();
     std::vector<uint32_t> window(tokens.end() - std::min<size_t>(tokens.size(), context()), tokens.end());
     auto lp = log_probs(window);
     uint32_t next = lp[lp.size(0) - 1].argmax().item<int64_t>();

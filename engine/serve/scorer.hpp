@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,12 +27,17 @@ struct TokenScores {
   double next_logprob = 0;
 };
 
+// Called before each forward pass of a long computation; it throws to abandon the work (a server's
+// request past its deadline, a client gone, a shutdown).
+using BetweenPasses = std::function<void()>;
+
 class Scorer {
  public:
   explicit Scorer(const std::string& checkpoint_path);
-  TokenScores score(const std::vector<uint32_t>& tokens);  // any length >= 1
+  TokenScores score(const std::vector<uint32_t>& tokens, const BetweenPasses& between_passes = [] {});  // any length >= 1
   // Greedy continuation of up to max_tokens tokens; the window slides when the context fills up.
-  std::vector<uint32_t> generate(std::vector<uint32_t> tokens, int max_tokens, const std::vector<std::string>& stop);
+  std::vector<uint32_t> generate(std::vector<uint32_t> tokens, int64_t max_tokens, const std::vector<std::string>& stop,
+                                 const BetweenPasses& between_passes = [] {});
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   int context() const { return config_.model.seq_len; }
   const JobConfig& config() const { return config_; }

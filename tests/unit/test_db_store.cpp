@@ -13,6 +13,7 @@
 
 #include "db/schema.hpp"
 #include "db/store.hpp"
+#include "run_moelab.hpp"
 
 namespace fs = std::filesystem;
 using namespace moelab;
@@ -118,6 +119,20 @@ std::string message_of(const std::function<void()>& fn) {
   }
   return "<no StoreError>";
 }
+
+// The message of the QueryRefused that fn throws, or why it threw none.
+std::string refusal_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const QueryRefused& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<not a QueryRefused: ") + e.what() + ">";
+  }
+  return "<no QueryRefused>";
+}
+
+constexpr std::chrono::milliseconds kQueryLimit{10000};
 
 TEST_F(StoreTest, FreshFileIsMigratedToTheNewestSchemaInWalMode) {
   const std::string nested = (dir_ / "runs" / "deeper" / "moelab.db").string();
@@ -366,6 +381,115 @@ TEST_F(StoreTest, MergingAJobsOwnStoreIsIdempotent) {
                       "(SELECT count(*) FROM events)"),
             "111");
   EXPECT_EQ(one(main, "SELECT status || ':' || attempts || ':' || executor_id FROM jobs"), "running:1:1234_0");
+}
+
+// `moelab db query` (read_only_query) on a real store: whatever the SQL, the file's bytes stay the same
+// and no other file appears. Each refusal names what was refused.
+TEST_F(StoreTest, ReadOnlyQueryRefusesEveryChangeAndLeavesTheFileAsItWas) {
+  {
+    Store s(path());
+    add_job(s, "a");
+    s.put_metric(metric("a", 100, "val", 3.0));
+  }
+  const std::string before = read_file(path());
+  const std::string other = path("other.db"), copy = path("x.db");
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"ATTACH DATABASE '" + other + "' AS other", "ATTACH '" + other + "' refused"},
+      {"PRAGMA writable_schema=1", "PRAGMA writable_schema = 1 refused"},
+      {"PRAGMA user_version=5", "PRAGMA user_version = 5 refused"},
+      {"PRAGMA journal_mode=DELETE", "PRAGMA journal_mode = DELETE refused"},
+      {"PRAGMA wal_checkpoint", "PRAGMA wal_checkpoint refused"},  // no value, but it writes
+      {"PRAGMA optimize", "PRAGMA optimize refused"},
+      {"INSERT INTO sweeps VALUES ('x', '{}', 0)", "INSERT sweeps refused"},
+      {"UPDATE jobs SET name = 'x'", "UPDATE jobs refused"},
+      {"DELETE FROM metrics", "DELETE metrics refused"},
+      {"DROP TABLE metrics", "DROP TABLE metrics refused (it changes the schema)"},
+      {"CREATE TABLE t (x)", "CREATE TABLE t (x) refused"},
+      {"CREATE TEMP TABLE t (x)", "CREATE TEMP TABLE t (x) refused"},
+      {"CREATE TEMP VIEW v AS SELECT 1", "CREATE TEMP VIEW v AS SELECT 1 refused"},
+      {"CREATE TEMP TRIGGER g AFTER INSERT ON jobs BEGIN SELECT 1; END", "CREATE TEMP TRIGGER g refused"},
+      {"ALTER TABLE jobs ADD COLUMN x", "ALTER TABLE"},
+      {"VACUUM INTO '" + copy + "'", "read-only: VACUUM INTO '/"},  // the statement, cut at 60 characters
+      {"VACUUM", "VACUUM refused (it writes)"},
+      {"REINDEX", "REINDEX"},
+      {"ANALYZE", "ANALYZE refused"},
+      {"BEGIN IMMEDIATE", "a transaction refused"},
+      {"SELECT * FROM temp.sqlite_master", "reading temp.sqlite_temp_master refused"},
+  };
+  for (auto& [sql, expected] : refused) {
+    auto message = refusal_of([&] { read_only_query(path(), sql, kQueryLimit); });
+    EXPECT_NE(message.find("db query is read-only: "), std::string::npos) << sql << ": " << message;
+    EXPECT_NE(message.find(expected), std::string::npos) << sql << ": " << message;
+  }
+  // The schema table is allowed to SQLite's own table-valued pragmas, not to the user.
+  auto message = message_of([&] { read_only_query(path(), "UPDATE sqlite_master SET sql = ''", kQueryLimit); });
+  EXPECT_NE(message.find("may not be modified"), std::string::npos) << message;
+  EXPECT_TRUE(read_file(path()) == before) << "the store's bytes changed";
+  EXPECT_FALSE(fs::exists(other));
+  EXPECT_FALSE(fs::exists(copy));
+  Store s(path());
+  EXPECT_EQ(one(s, "SELECT count(*) || ':' || min(name) FROM jobs"), "1:job-a");
+  EXPECT_EQ(s.user_version(), Store::schema_version());
+}
+
+TEST_F(StoreTest, ReadOnlyQueryReadsTablesViewsAndSchemaPragmas) {
+  {
+    Store s(path());
+    add_job(s, "a");
+    s.put_metric(metric("a", 100, "val", 3.0));
+    s.put_metric(metric("a", 200, "val", 2.5));
+    s.put_metric(metric("a", 200, "train", 2.0));
+  }
+  auto rows = [&](const std::string& sql) { return read_only_query(path(), sql, kQueryLimit).rows; };
+  using Rows = std::vector<std::vector<std::string>>;
+  EXPECT_EQ(rows("SELECT job_id, step, loss FROM latest_val_loss"), (Rows{{"a", "200", "2.5"}}));
+  EXPECT_EQ(rows("SELECT job_id, status, step, train_loss FROM job_progress"), (Rows{{"a", "queued", "200", "2.0"}}));
+  EXPECT_EQ(rows("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5) SELECT sum(i) FROM n"), (Rows{{"15"}}));
+  EXPECT_EQ(rows("PRAGMA user_version"), (Rows{{std::to_string(Store::schema_version())}}));
+  EXPECT_EQ(rows("PRAGMA table_info(sweeps)").size(), 3u);
+  EXPECT_EQ(rows("SELECT name FROM pragma_table_info('sweeps') ORDER BY cid").at(0), (std::vector<std::string>{"name"}));
+  EXPECT_EQ(read_only_query(path(), "SELECT id AS job FROM jobs", kQueryLimit).columns, (std::vector<std::string>{"job"}));
+  auto message = message_of([&] { read_only_query(path(), "SELECT no_such_column FROM jobs", kQueryLimit); });
+  EXPECT_NE(message.find("no such column: no_such_column"), std::string::npos) << message;
+}
+
+TEST_F(StoreTest, ReadOnlyQueryStopsAQueryWithoutEndAtItsTimeLimit) {
+  { Store s(path()); }
+  const auto start = std::chrono::steady_clock::now();
+  auto message = message_of([&] {
+    read_only_query(path(), "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+                    std::chrono::milliseconds(300));
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(message.find("time limit of 0.3 s"), std::string::npos) << message;
+  EXPECT_GE(seconds, 0.3);
+  EXPECT_LT(seconds, 2.0);
+}
+
+// A read-only connection to a WAL store reads the last commit while a writer holds the write lock
+// with rows not yet committed.
+TEST_F(StoreTest, ReadOnlyQueryReadsWhileAWriterHoldsTheStore) {
+  Store s(path());
+  add_job(s, "a");
+  s.put_metric(metric("a", 1, "val", 1.0));
+  s.transaction([&] {
+    s.put_metric(metric("a", 2, "val", 1.0));
+    EXPECT_EQ(read_only_query(path(), "SELECT count(*) FROM metrics", kQueryLimit).rows, (std::vector<std::vector<std::string>>{{"1"}}));
+  });
+  EXPECT_EQ(read_only_query(path(), "SELECT count(*) FROM metrics", kQueryLimit).rows, (std::vector<std::vector<std::string>>{{"2"}}));
+}
+
+// The CLI: a refusal is one line naming what was refused, and exit code 2.
+TEST_F(StoreTest, DbQueryCommandRefusesWithExitCode2) {
+  ASSERT_TRUE(fs::exists(MOELAB_BIN)) << "build the moelab target: this test runs " MOELAB_BIN;
+  { Store s(path()); }
+  auto r = moelab::testing::run_moelab("db query \"ATTACH DATABASE '" + path("other.db") + "' AS other\" --db " + path());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.output, "error: db query is read-only: ATTACH '" + path("other.db") + "' refused\n");
+  EXPECT_FALSE(fs::exists(path("other.db")));
+  r = moelab::testing::run_moelab("db query \"SELECT count(*) AS n FROM jobs\" --db " + path());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output, "n\n0\n");
 }
 
 // 8 processes write 500 rows each into one file, in small transactions, all starting at once.
