@@ -39,6 +39,9 @@ class ProcessLock {
   ProcessLock& operator=(ProcessLock&&) = delete;
 
   const std::string& path() const { return path_; }
+  // Leaves the lock held until this process ends (the kernel then releases it), rather than until
+  // this object is destroyed: a process winding down after its work still counts as the holder.
+  void hold_until_exit() { fd_ = -1; }
   // Names `pid` of this host as the holder: a forked child that goes on holding the lock after its
   // parent exits (they share the open file).
   void name_holder(long pid);

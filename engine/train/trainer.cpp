@@ -442,6 +442,7 @@ int train_job(const JobConfig& config, const TrainOptions& options) {
     try {
       std::filesystem::create_directories(resolved.run_dir);
       lock.emplace(run_dir_lock_path(resolved.run_dir));
+      lock->hold_until_exit();
     } catch (const LockHeld& e) {
       std::fprintf(stderr, "error: run directory %s is in use by another trainer (%s); not training one job twice\n",
                    resolved.run_dir.c_str(), e.holder.describe().c_str());
@@ -454,7 +455,6 @@ int train_job(const JobConfig& config, const TrainOptions& options) {
   } catch (...) {
     if (lock && new_run_dir) {  // bad input leaves no trace, not even the run directory
       std::filesystem::remove(lock->path());
-      lock.reset();
       std::error_code not_empty;
       std::filesystem::remove(resolved.run_dir, not_empty);
     }
