@@ -100,6 +100,19 @@ std::string shell_words(const std::vector<std::string>& args) {
   return out;
 }
 
+// `moelab args...` to its end, or killed after `seconds`: exit code (128 + signal when killed) and output.
+moelab::testing::CliResult run_with_deadline(const std::vector<std::string>& args, const fs::path& log, double seconds) {
+  const pid_t pid = start_moelab(args, log);
+  const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (Clock::now() > deadline) kill(pid, SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::ifstream in(log);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), std::string(std::istreambuf_iterator<char>(in), {})};
+}
+
 bool wait_for(const std::function<bool()>& condition, double seconds) {
   const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
   while (Clock::now() < deadline) {
@@ -122,11 +135,15 @@ std::string read_file(const fs::path& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Every file under `dir` with its size and contents' hash stand-in (the bytes themselves).
+// Every file under `dir` with its size and a hash of its bytes.
 std::map<std::string, std::string> snapshot(const fs::path& dir) {
   std::map<std::string, std::string> files;
-  for (auto& entry : fs::recursive_directory_iterator(dir))
-    if (entry.is_regular_file()) files[fs::relative(entry.path(), dir).string()] = read_file(entry.path());
+  for (auto& entry : fs::recursive_directory_iterator(dir)) {
+    if (!entry.is_regular_file()) continue;
+    const std::string bytes = read_file(entry.path());
+    files[fs::relative(entry.path(), dir).string()] =
+        std::to_string(bytes.size()) + " bytes, hash " + std::to_string(std::hash<std::string>{}(bytes));
+  }
   return files;
 }
 
@@ -181,7 +198,9 @@ TEST_F(RunnerLock, ASecondTrainerOnAHeldRunDirectoryExitsAtOnceAndWritesNothing)
   const auto files_before = snapshot(run_dir);
 
   const auto started = Clock::now();
-  auto second = run_moelab("train --config " + config + " --db " + db + " --run-dir " + run_dir + " --resume --stop-after 3 --quiet");
+  auto second = run_with_deadline(
+      {"train", "--config", config, "--db", db, "--run-dir", run_dir, "--resume", "--stop-after", "3", "--quiet"},
+      root_ / "second.log", 60);
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   EXPECT_EQ(second.code, 73) << second.output;
   EXPECT_EQ(second.output, "error: run directory " + run_dir + " is in use by another trainer (host " + this_host() +
@@ -238,7 +257,7 @@ TEST_F(RunnerLock, AKilledRunnerIsFollowedAndEveryJobHasOneTrainer) {
   auto running = [&] {
     if (!fs::exists(db)) return std::vector<std::vector<std::string>>{};
     return Store(db).query(
-        "SELECT j.id, j.run_dir FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE p.status = 'running' AND "
+        "SELECT j.id, j.executor_id FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE p.status = 'running' AND "
         "p.step >= 12 AND p.step < " + std::to_string(steps / 2) + " ORDER BY j.id");
   };
   ASSERT_TRUE(wait_for([&] { return running().size() == 2; }, 120)) << read_file(root_ / "adopt_first.log");
@@ -247,11 +266,10 @@ TEST_F(RunnerLock, AKilledRunnerIsFollowedAndEveryJobHasOneTrainer) {
   const auto jobs = running();
   ASSERT_EQ(jobs.size(), 2u) << "both jobs should still be mid-way";
   const std::string survivor = jobs[0][0], victim = jobs[1][0];
-  auto victim_trainer = lock_holder(run_dir_lock_path(jobs[1][1]));
-  ASSERT_TRUE(victim_trainer) << "the trainer of " << victim << " holds its run directory";
-  kill(pid_t(victim_trainer->pid), SIGKILL);
-  ASSERT_TRUE(wait_for([&] { return !lock_holder(run_dir_lock_path(jobs[1][1])); }, 10)) << "the kernel releases the lock";
-  ASSERT_TRUE(lock_holder(run_dir_lock_path(jobs[0][1]))) << "the other trainer survives its runner";
+  const pid_t victim_trainer = std::stoi(jobs[1][1]);
+  kill(victim_trainer, SIGKILL);
+  ASSERT_TRUE(wait_for([&] { return gone(victim_trainer); }, 10));
+  ASSERT_FALSE(gone(std::stoi(jobs[0][1]))) << "the other trainer survives its runner";
 
   const pid_t second = start_moelab(sweep_args("adopt"), root_ / "adopt_second.log");
   int status = 0;
@@ -310,12 +328,13 @@ TEST_F(RunnerLock, DetachedRunnerStatusAndCancel) {
     EXPECT_LT(std::chrono::duration<double>(Clock::now() - started).count(), 20) << "--detach returns at once";
     EXPECT_EQ(r.code, 0) << r.output;
     std::smatch match;
-    EXPECT_TRUE(std::regex_search(r.output, match, std::regex("pid (\\d+), log (\\S+)"))) << r.output;
+    if (!std::regex_search(r.output, match, std::regex("pid (\\d+), log (\\S+)"))) return pid_t(-1);
     EXPECT_EQ(match[2], workdir + "/runner.log");
     return pid_t(std::stoi(match[1]));
   };
 
   const pid_t runner = start_detached();
+  ASSERT_GT(runner, 0) << "no runner pid printed";
   ASSERT_TRUE(wait_for(running_jobs, 120)) << read_file(workdir + "/runner.log");
   auto alive = run_moelab(status);
   EXPECT_NE(alive.output.find("runner: alive (host " + this_host() + ", pid " + std::to_string(runner) + "), work directory " +
@@ -339,6 +358,7 @@ TEST_F(RunnerLock, DetachedRunnerStatusAndCancel) {
 
   // The runner dies; its trainers go on, and cancel stops them.
   const pid_t second = start_detached();
+  ASSERT_GT(second, 0) << "no runner pid printed";
   ASSERT_TRUE(wait_for([&] { return running_jobs() && trainers() == 2; }, 120)) << read_file(workdir + "/runner.log");
   kill(second, SIGKILL);
   ASSERT_TRUE(wait_for([&] { return gone(second); }, 10));
