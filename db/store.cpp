@@ -361,6 +361,23 @@ std::optional<std::string> Store::job_status(const std::string& job_id) const {
   return s.text(0);
 }
 
+std::optional<JobState> Store::job_state(const std::string& job_id) const {
+  Statement s = statement("SELECT status, attempts, error, host, run_dir FROM jobs WHERE id = ?");
+  s.bind(job_id);
+  if (!s.next_row()) return std::nullopt;
+  return JobState{s.text(0), std::stoi(s.text(1)), s.text(2), s.text(3), s.text(4)};
+}
+
+std::vector<std::string> Store::sweep_run_dirs(const std::string& sweep) const {
+  Statement s = statement(
+      "SELECT DISTINCT run_dir FROM jobs WHERE run_dir != '' AND id IN (SELECT job_id FROM sweep_jobs WHERE sweep = ?) "
+      "ORDER BY run_dir");
+  s.bind(sweep);
+  std::vector<std::string> dirs;
+  while (s.next_row()) dirs.push_back(s.text(0));
+  return dirs;
+}
+
 void Store::require_job(const std::string& job_id, const char* table) const {
   if (!job_status(job_id)) throw StoreError(std::string(table) + ": no job " + job_id + " in " + path_);
 }

@@ -59,6 +59,14 @@ struct RoutingRow {
   double router_cosine = 0;             // mean pairwise cosine similarity of router weight rows
 };
 
+// Where a job stands and where it runs, as the runner and `sweep cancel` need it.
+struct JobState {
+  std::string status;
+  int attempts = 0;
+  std::string error;
+  std::string host, run_dir;  // as set_job_executor recorded them ("" before the first start)
+};
+
 struct CheckpointRow {
   std::string job_id;
   int64_t step = 0;
@@ -105,6 +113,9 @@ class Store {
   void set_job_status(const std::string& job_id, const std::string& status,
                       const std::string& error = "", std::optional<int> exit_code = std::nullopt);
   std::optional<std::string> job_status(const std::string& job_id) const;
+  std::optional<JobState> job_state(const std::string& job_id) const;
+  // The run directories recorded for the sweep's jobs, each once.
+  std::vector<std::string> sweep_run_dirs(const std::string& sweep) const;
   // Where a job runs: executor "local" or "slurm", its process or Slurm job id, the host (if known),
   // and its run directory.
   void set_job_executor(const std::string& job_id, const std::string& executor, const std::string& executor_id,

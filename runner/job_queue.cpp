@@ -26,6 +26,9 @@ std::vector<const PlannedJob*> jobs_to_run(Store& store, const std::vector<Plann
 
 std::string job_run_dir(const std::string& workdir, const std::string& job_id) { return workdir + "/" + job_id; }
 
+std::string runner_lock_path(const std::string& workdir) { return workdir + "/runner.lock"; }
+std::string runner_log_path(const std::string& workdir) { return workdir + "/runner.log"; }
+
 std::string write_job_config(const PlannedJob& job, const std::string& run_dir, int threads) {
   std::filesystem::create_directories(run_dir);
   auto config = job.config.to_json();

@@ -17,6 +17,11 @@ std::vector<const PlannedJob*> jobs_to_run(Store& store, const std::vector<Plann
 
 std::string job_run_dir(const std::string& workdir, const std::string& job_id);
 
+// A sweep runner holds <workdir>/runner.lock while it runs (one runner per work directory; the lock
+// names its sweep); `sweep run --detach` writes its output to <workdir>/runner.log.
+std::string runner_lock_path(const std::string& workdir);
+std::string runner_log_path(const std::string& workdir);
+
 // Writes <run_dir>/config.json (threads > 0 sets train.threads, which is not part of the job's id).
 std::string write_job_config(const PlannedJob& job, const std::string& run_dir, int threads);
 

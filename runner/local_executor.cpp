@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "db/store.hpp"
+#include "engine/train/run_dir_lock.hpp"
 #include "engine/train/trainer.hpp"
 #include "runner/job_queue.hpp"
 
@@ -38,12 +39,6 @@ void install_runner_handlers() {
   sigemptyset(&action.sa_mask);
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
-}
-
-std::string hostname() {
-  char name[256] = {};
-  gethostname(name, sizeof name - 1);
-  return name;
 }
 
 std::string log_tail(const std::string& path, size_t lines) {
@@ -70,6 +65,18 @@ struct RunningJob {
   int status = 0;             // wait status of rank 0, or of the first rank that failed
   std::string log;            // the log of that process
   bool rank_failed = false;
+};
+
+// A job whose trainer this runner did not start (a runner that died left it, or someone ran it by
+// hand): it holds the job's run directory, and the runner waits for it to let go, then takes its
+// outcome from the store, as if it had launched it.
+struct FollowedJob {
+  const PlannedJob* job;
+  std::string run_dir;
+  LockHolder trainer;
+  bool trainer_counted;  // the job was already "running", its attempt counted, when following began
+  int attempts_at_follow;
+  std::vector<int> gpus;  // the slot it occupies here
 };
 
 // A TCP port nothing listens on now, for a data-parallel job's rendezvous.
@@ -114,14 +121,19 @@ class LocalPool {
     std::fflush(stdout);
     install_runner_handlers();
     auto last_report = Clock::now();
-    while (!queue_.empty() || !eval_queue_.empty() || !running_.empty()) {
+    while (!queue_.empty() || !eval_queue_.empty() || !running_.empty() || !followed_.empty()) {
       if (stop_signal && !stopping_) stop_all();
-      while (!stopping_ && !queue_.empty() && int(running_.size()) < options_.jobs) launch(queue_.front()), queue_.pop_front();
-      while (!stopping_ && !eval_queue_.empty() && int(running_.size()) < options_.jobs) {
+      while (!stopping_ && !queue_.empty() && free_slot()) {
+        const PlannedJob* job = queue_.front();
+        queue_.pop_front();
+        if (!follow_live_trainer(*job)) launch(job);
+      }
+      while (!stopping_ && !eval_queue_.empty() && free_slot()) {
         launch_eval(RunningJob{eval_queue_.front(), 0, take_gpus(), Clock::now()});
         eval_queue_.pop_front();
       }
       reap();
+      poll_followed();
       if (Clock::now() - last_report > std::chrono::seconds(10)) report(), last_report = Clock::now();
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -131,6 +143,8 @@ class LocalPool {
   }
 
  private:
+  bool free_slot() const { return int(running_.size() + followed_.size()) < options_.jobs; }
+
   // A slot's GPUs: `ranks` of the free ones (none on the CPU).
   std::vector<int> take_gpus() {
     if (options_.gpus == 0) return {};
@@ -145,8 +159,7 @@ class LocalPool {
     const int processes = options_.jobs * options_.ranks;
     const int threads = options_.gpus == 0 ? std::max(1, int(std::thread::hardware_concurrency()) / processes) : 0;
     const std::string config = write_job_config(*job, dir, threads);
-    auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job->id + "'");
-    RunningJob r{job, attempts.empty() ? 0 : std::stoi(attempts[0][0]), take_gpus(), Clock::now()};
+    RunningJob r{job, store_.job_state(job->id).value().attempts, take_gpus(), Clock::now()};
     const std::vector<std::string> args = {"train", "--config", config, "--db", options_.db_path, "--run-dir", dir, "--resume"};
     if (options_.ranks == 1) {
       r.pids.push_back(spawn(args, dir + "/train.log", r.gpus));
@@ -158,12 +171,70 @@ class LocalPool {
                                 {"MOELAB_WORLD_SIZE", std::to_string(options_.ranks)}, {"MASTER_ADDR", "127.0.0.1"},
                                 {"MASTER_PORT", port}}));
     }
-    store_.set_job_executor(job->id, "local", std::to_string(r.pids[0]), hostname(), dir);
+    store_.set_job_executor(job->id, "local", std::to_string(r.pids[0]), this_host(), dir);
     std::printf("[sweep %s] start %s %s (pid %s%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(),
                 join(std::vector<int>(r.pids.begin(), r.pids.end())).c_str(),
                 r.gpus.empty() ? "" : ((r.gpus.size() > 1 ? ", GPUs " : ", GPU ") + join(r.gpus)).c_str());
     std::fflush(stdout);
     add_running(std::move(r));
+  }
+
+  // A trainer alive in the job's run directory, here or where the store last saw the job run, holds
+  // its lock: the job is followed, not started a second time. Returns whether it is.
+  bool follow_live_trainer(const PlannedJob& job) {
+    const JobState state = store_.job_state(job.id).value();
+    std::vector<std::string> dirs = {job_run_dir(options_.workdir, job.id)};
+    if (!state.run_dir.empty() && state.run_dir != dirs[0]) dirs.push_back(state.run_dir);
+    for (auto& dir : dirs) {
+      auto trainer = lock_holder(run_dir_lock_path(dir));
+      if (!trainer) continue;
+      std::printf("[sweep %s] follow %s %s: its trainer is alive (%s, run directory %s)\n", sweep_.c_str(),
+                  job.id.c_str(), job.config.name.c_str(), trainer->describe().c_str(), dir.c_str());
+      std::fflush(stdout);
+      followed_.push_back(FollowedJob{&job, dir, *trainer, state.status == "running", state.attempts, take_gpus()});
+      return true;
+    }
+    return false;
+  }
+
+  // Followed trainers that let go of their run directory: their outcome is in the store.
+  void poll_followed() {
+    for (size_t i = 0; i < followed_.size();) {
+      if (lock_holder(run_dir_lock_path(followed_[i].run_dir))) {
+        ++i;
+        continue;
+      }
+      FollowedJob done = std::move(followed_[i]);
+      followed_.erase(followed_.begin() + i);
+      record_followed(done);
+    }
+  }
+
+  void record_followed(const FollowedJob& f) {
+    const auto& job = *f.job;
+    const JobState state = store_.job_state(job.id).value();
+    std::string outcome = state.status;
+    if (state.status == "failed") {
+      outcome = "failed (" + state.error.substr(0, state.error.find('\n')) + ")";
+      ++failed_;
+    } else if (state.status != "done" && state.status != "interrupted") {
+      // Killed, or crashed, before it could record an end.
+      const std::string log = rank_log(f.run_dir, 0);
+      store_.set_job_status(job.id, "failed", "its trainer (" + f.trainer.describe() +
+                                                  ") ended without recording an outcome; end of " + log + ":\n" +
+                                                  log_tail(log, 20));
+      if (!f.trainer_counted && state.attempts == f.attempts_at_follow) store_.count_attempt(job.id);
+      outcome = "failed (its trainer ended without recording an outcome, log " + log + ")";
+      ++failed_;
+    }
+    std::printf("[sweep %s] %s %s %s (followed trainer, %s)\n", sweep_.c_str(), outcome.c_str(), job.id.c_str(),
+                job.config.name.c_str(), f.trainer.describe().c_str());
+    std::fflush(stdout);
+    if (state.status == "done" && eval_.enabled && !stopping_) {
+      launch_eval(RunningJob{&job, state.attempts, f.gpus, Clock::now()});
+      return;
+    }
+    free_gpus_.insert(free_gpus_.end(), f.gpus.begin(), f.gpus.end());
   }
 
   static std::string rank_log(const std::string& dir, int rank) {
@@ -254,6 +325,13 @@ class LocalPool {
       if (++r.exited < r.pids.size()) continue;
       RunningJob finished = std::move(r);
       running_.erase(finished.pids[0]);
+      if (!finished.evaluating && WIFEXITED(finished.status) && WEXITSTATUS(finished.status) == kExitRunDirBusy) {
+        // Another trainer took the run directory between the look and the launch: follow it, or
+        // start again if it is gone already. This launch wrote nothing.
+        free_gpus_.insert(free_gpus_.end(), finished.gpus.begin(), finished.gpus.end());
+        if (!stopping_ && !follow_live_trainer(*finished.job)) queue_.push_front(finished.job);
+        continue;
+      }
       if (finished.evaluating) {
         record_eval(finished);
       } else {
@@ -287,8 +365,7 @@ class LocalPool {
       if (!exited || code != kExitDiverged) {
         std::string why = exited ? "exit code " + std::to_string(code) : "killed by signal " + std::to_string(WTERMSIG(status));
         store_.set_job_status(job.id, "failed", why + "; end of " + log + ":\n" + log_tail(log, 20), code);
-        auto attempts = store_.query("SELECT attempts FROM jobs WHERE id = '" + job.id + "'");
-        if (std::stoi(attempts[0][0]) == r.attempts_at_launch) store_.count_attempt(job.id);
+        if (store_.job_state(job.id).value().attempts == r.attempts_at_launch) store_.count_attempt(job.id);
       }
       outcome = "failed (" + (exited ? "exit code " + std::to_string(code) : "signal " + std::to_string(WTERMSIG(status))) +
                 ", log " + log + ")";
@@ -302,8 +379,11 @@ class LocalPool {
   void stop_all() {
     stopping_ = true;
     std::printf("[sweep %s] signal %d: telling %zu running jobs to checkpoint and stop\n", sweep_.c_str(),
-                int(stop_signal), running_.size());
+                int(stop_signal), running_.size() + followed_.size());
     for (auto& [pid, leader] : leader_of_) kill(-pid, SIGTERM);
+    // A followed trainer is not in a process group of ours; its rank 0 tells the other ranks.
+    for (auto& f : followed_)
+      if (f.trainer.host == this_host() && f.trainer.pid > 0) kill(pid_t(f.trainer.pid), SIGTERM);
     queue_.clear(), eval_queue_.clear();
   }
 
@@ -311,8 +391,8 @@ class LocalPool {
     auto counts = store_.query("SELECT status, count(*) FROM jobs WHERE " + in_sweep(sweep_) + " GROUP BY status ORDER BY status");
     std::string line;
     for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
-    std::printf("[sweep %s] %s | %zu running here, %zu queued%s\n", sweep_.c_str(), line.c_str(), running_.size(),
-                queue_.size(), eta().c_str());
+    std::printf("[sweep %s] %s | %zu running here, %zu followed, %zu queued%s\n", sweep_.c_str(), line.c_str(),
+                running_.size(), followed_.size(), queue_.size(), eta().c_str());
     std::fflush(stdout);
   }
 
@@ -334,6 +414,7 @@ class LocalPool {
   std::deque<const PlannedJob*> queue_, eval_queue_;
   std::map<pid_t, RunningJob> running_;  // by the pid of rank 0
   std::map<pid_t, pid_t> leader_of_;     // each running process -> the pid of its job's rank 0
+  std::vector<FollowedJob> followed_;
   std::vector<int> free_gpus_;
   bool stopping_ = false;
   int failed_ = 0;

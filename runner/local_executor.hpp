@@ -25,7 +25,9 @@ struct LocalRun {
 
 // Runs every job that is not done and has attempts left; returns 0 when all are done, 1 when some
 // failed, 75 when interrupted by SIGINT/SIGTERM (running jobs were told to checkpoint and stop).
-// Jobs that finish training go through the spec's evaluation stage, if it has one.
+// Jobs that finish training go through the spec's evaluation stage, if it has one. A job whose run
+// directory a live trainer holds (run_dir_lock.hpp; a previous runner's, say) is followed until it
+// ends, not started again; one marked running whose trainer died resumes from its checkpoint.
 int run_local(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const LocalRun& options);
 
 }  // namespace moelab

@@ -1,18 +1,25 @@
 // `moelab sweep plan|run|status|cancel` and `moelab db query`.
 #include "runner/sweep_commands.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "db/store.hpp"
+#include "engine/train/run_dir_lock.hpp"
 #include "runner/command_line.hpp"
+#include "runner/job_queue.hpp"
 #include "runner/local_executor.hpp"
 #include "runner/slurm_executor.hpp"
 
@@ -104,6 +111,40 @@ void check_local_ranks(const std::vector<PlannedJob>& jobs, const SweepSpec& spe
   if (local.gpus > 0) local.jobs = std::min(local.jobs, gpu_slots);
 }
 
+// One runner per work directory: a second `sweep run` there would start every job's trainer again.
+// The lock's note is the sweep's name, then the log of a detached runner.
+ProcessLock take_runner_lock(const std::string& sweep, const std::string& workdir, bool detach) {
+  std::filesystem::create_directories(workdir);
+  try {
+    return ProcessLock(runner_lock_path(workdir), sweep + (detach ? "\n" + runner_log_path(workdir) : ""));
+  } catch (const LockHeld& e) {
+    throw std::runtime_error("sweep " + sweep + ": another runner (" + e.holder.describe() + ") is running in " + workdir +
+                             "; follow it with `moelab sweep status`, stop it with `moelab sweep cancel`");
+  }
+}
+
+// `sweep run --detach`: the runner goes on in a child in its own session (a closed terminal sends
+// it no SIGHUP), output to `log`; the child inherits the runner lock, which is renamed to it.
+// Returns true in the parent, which has only to return.
+bool run_in_background(ProcessLock& runner, const std::string& log) {
+  const int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (in < 0 || out < 0) throw std::runtime_error(log + ": cannot open the runner's log: " + std::strerror(errno));
+  std::fflush(stdout), std::fflush(stderr);
+  const pid_t child = fork();
+  if (child < 0) throw std::runtime_error(std::string("cannot start the runner in the background: ") + std::strerror(errno));
+  if (child > 0) {
+    close(in), close(out);
+    runner.name_holder(child);
+    std::printf("runner started in the background: pid %d, log %s\n", int(child), log.c_str());
+    return true;
+  }
+  setsid();
+  dup2(in, STDIN_FILENO), dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+  close(in), close(out);
+  return false;
+}
+
 int run(const std::vector<std::string>& args) {
   std::string spec_path, executor;
   LocalRun local;
@@ -116,19 +157,25 @@ int run(const std::vector<std::string>& args) {
        "concurrent local jobs (default: the spec's local.jobs, else 1)")
       ("ranks", po::value(&local.ranks)->default_value(0), "data-parallel processes per local job (default: the spec's local.ranks)")
       ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
-      ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)");
+      ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)")
+      ("detach", "run in the background, logging to <workdir>/runner.log; prints its pid and returns");
   po::positional_options_description positional;
   positional.add("spec", 1);
   po::variables_map vm;
-  if (!parse_options(args, "sweep run SPEC [--jobs N] [--ranks N] [--db FILE] [--workdir DIR]", options, vm, positional)) return 0;
+  if (!parse_options(args, "sweep run SPEC [--jobs N] [--ranks N] [--db FILE] [--workdir DIR] [--detach]", options, vm,
+                     positional))
+    return 0;
   if (executor != "local" && executor != "slurm") throw std::runtime_error("--executor " + executor + ": expected local or slurm");
   auto spec = load_sweep_spec(spec_path);
   auto jobs = expand(spec);  // a bad spec fails here, before the store is touched
-  if (local.workdir.empty()) local.workdir = "runs/" + spec.name;
+  // Absolute, so that `sweep status` and `sweep cancel` find it from the run directories in the store.
+  local.workdir = std::filesystem::absolute(local.workdir.empty() ? "runs/" + spec.name : local.workdir).lexically_normal().string();
   local.gpus = visible_gpus();
   if (executor == "local") check_local_ranks(jobs, spec, local);
   local.max_attempts = spec.max_attempts;
   local.moelab_binary = std::filesystem::read_symlink("/proc/self/exe").string();
+  const bool detach = vm.count("detach") > 0;
+  ProcessLock runner = take_runner_lock(spec.name, local.workdir, detach);
   {
     Store store(local.db_path);
     store.transaction([&] {
@@ -140,10 +187,10 @@ int run(const std::vector<std::string>& args) {
       }
     });
   }
+  if (detach && run_in_background(runner, runner_log_path(local.workdir))) return 0;
   if (executor == "slurm")
     return run_slurm(jobs, spec,
-                     SlurmRun{local.db_path, std::filesystem::absolute(local.workdir).string(), local.moelab_binary,
-                              spec.max_attempts, !vm.count("no-wait")});
+                     SlurmRun{local.db_path, local.workdir, local.moelab_binary, spec.max_attempts, !vm.count("no-wait")});
   return run_local(jobs, spec, local);
 }
 
@@ -180,6 +227,37 @@ void print_status(Store& store, const std::string& sweep) {
 
 namespace {
 
+// A live runner of a sweep: its runner lock is held, in the work directory of one of the sweep's run
+// directories (or the default runs/<sweep>), and names the sweep.
+struct LiveRunner {
+  std::string workdir;
+  LockHolder holder;
+  std::string log;  // a detached runner's
+};
+
+std::vector<LiveRunner> live_runners(const Store& store, const std::string& sweep) {
+  std::set<std::string> workdirs = {std::filesystem::absolute("runs/" + sweep).lexically_normal().string()};
+  for (auto& dir : store.sweep_run_dirs(sweep)) workdirs.insert(std::filesystem::path(dir).parent_path().string());
+  std::vector<LiveRunner> live;
+  for (auto& workdir : workdirs) {
+    auto holder = lock_holder(runner_lock_path(workdir));
+    if (!holder) continue;
+    std::istringstream note(holder->note);
+    std::string name, log;
+    std::getline(note, name), std::getline(note, log);
+    if (name == sweep) live.push_back({workdir, *holder, log});
+  }
+  return live;
+}
+
+void print_runners(const Store& store, const std::string& sweep) {
+  auto runners = live_runners(store, sweep);
+  if (runners.empty()) std::printf("runner: none alive\n");
+  for (auto& r : runners)
+    std::printf("runner: alive (%s), work directory %s%s\n", r.holder.describe().c_str(), r.workdir.c_str(),
+                r.log.empty() ? "" : (", log " + r.log).c_str());
+}
+
 int status(const std::vector<std::string>& args) {
   std::string sweep, db_path;
   po::options_description options("moelab sweep status");
@@ -194,6 +272,7 @@ int status(const std::vector<std::string>& args) {
   for (;;) {
     if (vm.count("watch")) std::printf("\033[H\033[2J");
     print_status(store, sweep);
+    if (!sweep.empty()) print_runners(store, sweep);
     std::fflush(stdout);
     if (!vm.count("watch")) return 0;
     auto active = store.query("SELECT count(*) FROM jobs j WHERE status IN ('queued', 'running')" +
@@ -203,7 +282,9 @@ int status(const std::vector<std::string>& args) {
   }
 }
 
-// Running local jobs on this host get SIGTERM (they checkpoint); every unfinished job is marked cancelled.
+// The sweep's runners and the trainers of its unfinished jobs on this host get SIGTERM (trainers
+// checkpoint; a runner tells its jobs to), found by the locks they hold, so that trainers whose
+// runner died are stopped too; then every unfinished job is marked cancelled.
 int cancel(const std::vector<std::string>& args) {
   std::string sweep, db_path;
   po::options_description options("moelab sweep cancel");
@@ -215,22 +296,33 @@ int cancel(const std::vector<std::string>& args) {
   if (!parse_options(args, "sweep cancel NAME [--db FILE]", options, vm, positional)) return 0;
   if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
   Store store(db_path);
-  char host[256] = {};
-  gethostname(host, sizeof host - 1);
-  auto unfinished = store.query("SELECT id, status, executor, executor_id, host FROM jobs WHERE " + in_sweep(sweep) +
-                                " AND status NOT IN ('done', 'cancelled')");
-  std::vector<pid_t> stopping;
-  for (auto& row : unfinished)
-    if (row[1] == "running" && row[2] == "local" && row[4] == host && !row[3].empty()) {
-      pid_t pid = std::stoi(row[3]);
-      if (kill(-pid, SIGTERM) == 0) stopping.push_back(pid);
+  auto unfinished = [&] {
+    return store.query("SELECT id FROM jobs WHERE " + in_sweep(sweep) + " AND status NOT IN ('done', 'cancelled')");
+  };
+  std::vector<std::string> stopping;  // lock files whose holders were told to stop
+  auto stop = [&](const std::string& lock, const LockHolder& holder, const std::string& what) {
+    if (holder.host != this_host() || holder.pid == 0) {
+      std::printf("warning: %s (%s) is not a process of this host; stop it there\n", what.c_str(), holder.describe().c_str());
+    } else if (kill(pid_t(holder.pid), SIGTERM) == 0) {
+      std::printf("stopping %s (%s)\n", what.c_str(), holder.describe().c_str());
+      stopping.push_back(lock);
     }
+  };
+  for (auto& runner : live_runners(store, sweep)) stop(runner_lock_path(runner.workdir), runner.holder, "the runner");
+  for (auto& row : unfinished()) {
+    const std::string run_dir = store.job_state(row[0]).value().run_dir;
+    if (run_dir.empty()) continue;
+    if (auto trainer = lock_holder(run_dir_lock_path(run_dir))) stop(run_dir_lock_path(run_dir), *trainer, "job " + row[0]);
+  }
+  std::fflush(stdout);
   for (int i = 0; i < 600 && !stopping.empty(); ++i) {  // wait up to a minute for their checkpoints
-    std::erase_if(stopping, [](pid_t pid) { return kill(pid, 0) != 0; });
+    std::erase_if(stopping, [](const std::string& lock) { return !lock_holder(lock); });
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  for (auto& row : unfinished) store.set_job_status(row[0], "cancelled", "cancelled by moelab sweep cancel");
-  std::printf("cancelled %zu jobs of sweep %s\n", unfinished.size(), sweep.c_str());
+  for (auto& lock : stopping) std::printf("warning: %s is still held a minute after SIGTERM\n", lock.c_str());
+  auto jobs = unfinished();
+  for (auto& row : jobs) store.set_job_status(row[0], "cancelled", "cancelled by moelab sweep cancel");
+  std::printf("cancelled %zu jobs of sweep %s\n", jobs.size(), sweep.c_str());
   return 0;
 }
 

@@ -20,6 +20,7 @@
 #include "engine/train/error_message.hpp"
 #include "engine/train/memory_use.hpp"
 #include "engine/train/optimizer.hpp"
+#include "engine/train/run_dir_lock.hpp"
 #include "engine/train/schedule.hpp"
 #include "engine/train/step_graph.hpp"
 #include "engine/train/step_profile.hpp"
@@ -458,8 +459,31 @@ int train_job(const JobConfig& config, const TrainOptions& options) {
   TrainOptions resolved = options;
   if (resolved.run_dir.empty()) resolved.run_dir = (std::filesystem::path("runs") / config.hash()).string();
   resolved.progress = options.progress && launch.rank == 0;
-  Trainer trainer(config, resolved, launch);  // all input checks happen here, before the store is touched
-  return options.profile_steps > 0 ? trainer.profile() : trainer.run();
+  const bool new_run_dir = !std::filesystem::exists(resolved.run_dir);
+  std::optional<ProcessLock> lock;  // rank 0 writes, so rank 0 holds the run directory
+  if (launch.rank == 0) {
+    try {
+      std::filesystem::create_directories(resolved.run_dir);
+      lock.emplace(run_dir_lock_path(resolved.run_dir));
+      lock->hold_until_exit();
+    } catch (const LockHeld& e) {
+      std::fprintf(stderr, "error: run directory %s is in use by another trainer (%s); not training one job twice\n",
+                   resolved.run_dir.c_str(), e.holder.describe().c_str());
+      return kExitRunDirBusy;
+    }
+  }
+  std::optional<Trainer> trainer;
+  try {
+    trainer.emplace(config, resolved, launch);  // all input checks happen here, before the store is touched
+  } catch (...) {
+    if (lock && new_run_dir) {  // bad input leaves no trace, not even the run directory
+      std::filesystem::remove(lock->path());
+      std::error_code not_empty;
+      std::filesystem::remove(resolved.run_dir, not_empty);
+    }
+    throw;
+  }
+  return options.profile_steps > 0 ? trainer->profile() : trainer->run();
 }
 
 }  // namespace moelab

@@ -13,6 +13,7 @@ enum ExitCode : int {
   kExitBadInput = 2,      // config, data or checkpoint problems found before training starts
   kExitDiverged = 3,      // a non-finite loss stopped the job (recorded in the store)
   kExitFailed = 4,        // an error during training: the job is recorded as failed with the reason
+  kExitRunDirBusy = 73,   // another process trains in the run directory (run_dir_lock.hpp); nothing written
   kExitInterrupted = 75,  // SIGINT/SIGTERM: a checkpoint was written, `--resume` continues
 };
 
@@ -28,7 +29,9 @@ struct TrainOptions {
 // Trains the job; returns an ExitCode. Throws (ConfigError, CheckpointError, runtime_error) on bad
 // input before anything is written to the store. Once the job's row exists, an error records the
 // job as failed with a one-line reason (while the store can still be written), prints that line
-// and returns kExitFailed: no error leaves a job "running".
+// and returns kExitFailed: no error leaves a job "running". Rank 0 holds the run directory's lock for the
+// whole job, taken before it reads a checkpoint; if another process holds it, it says who and
+// returns kExitRunDirBusy without writing anything.
 int train_job(const JobConfig& config, const TrainOptions& options);
 
 // Installs SIGINT/SIGTERM handlers that ask the running job to checkpoint and stop.
