@@ -17,6 +17,7 @@
 #include "engine/train/batches.hpp"
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/data_parallel.hpp"
+#include "engine/train/kernel_self_check.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/schedule.hpp"
 #include "engine/train/step_graph.hpp"
@@ -134,6 +135,7 @@ class Trainer {
       if (launch_.distributed()) started += " on " + std::to_string(launch_.world_size) + " data-parallel ranks";
       store_->log_event(job_id_, "info", started);
     }
+    self_check_own_kernels();
     int code = loop();
     if (store_) finish(code);
     return code;
@@ -144,6 +146,7 @@ class Trainer {
   // <run dir>/profile/{trace.json,ops.csv} (and on CUDA operators.csv), nothing to the store.
   int profile() {
     constexpr int kWarmUpSteps = 2;
+    self_check_own_kernels();
     int step = resumed_.step;
     for (int i = 0; i < kWarmUpSteps || (graph_ && !graph_->captured()); ++i) train_step(++step);
     const auto dir = std::filesystem::path(options_.run_dir) / "profile";
@@ -185,6 +188,13 @@ class Trainer {
     parallel_ = std::make_unique<DataParallel>(launch_, rendezvous_from_environment(), device_, model_->parameters());
     parallel_->broadcast_from_rank0(model_->parameters());
     parallel_->broadcast_from_rank0(model_->buffers());
+  }
+
+  // Before the first step on a GPU, each of moelab's kernels that is on checks itself against ATen's
+  // composition (kernel_self_check.hpp); one that fails is turned off for the run, with a warning.
+  void self_check_own_kernels() {
+    report_kernels_turned_off(check_own_kernels(device_, autocast_dtype(config_.train.precision)), stderr,
+                              store_ ? &*store_ : nullptr, job_id_);
   }
 
   int loop() {
