@@ -27,7 +27,7 @@ constexpr GatedGeluCase kGatedGeluCheck{.rows = 35, .width = 392};
 constexpr SlotRowsCase kSlotRowsCheck{.tokens = 35, .k = 8, .experts = 64, .width = 776};
 
 // The comparisons draw their inputs from a generator of their own on the CPU: the same inputs on
-// every device, and the run's generators (its dropout, say) left as they were.
+// every device, and LibTorch's default generators left as they were, whether a run checks or not.
 at::Generator seeded(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
 std::string number(double x) {
