@@ -2,9 +2,17 @@
 
 namespace moelab {
 
+bool own_kernels_run_on(const torch::Device& device) {
+#ifdef MOELAB_WITH_CUDA_KERNELS
+  return device.is_cuda() && at::cuda::getDeviceProperties(device.index())->major >= 8;
+#else
+  return false;
+#endif
+}
+
 bool own_kernel_takes(const char* kernel, const torch::Tensor& t) {
 #ifdef MOELAB_WITH_CUDA_KERNELS
-  return t.is_cuda() && at::cuda::getDeviceProperties(t.device().index())->major >= 8 && kernels::own_kernel_enabled(kernel);
+  return own_kernels_run_on(t.device()) && kernels::own_kernel_enabled(kernel);
 #else
   return false;
 #endif

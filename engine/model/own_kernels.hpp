@@ -14,9 +14,12 @@
 
 namespace moelab {
 
-// Whether moelab's kernel `kernel` (engine/kernels/<kernel>.cu) may run on t: on a GPU of compute
-// capability 8.0 or newer (the kernels are compiled for sm80 and sm90), in a build with the kernels,
-// unless MOELAB_ATEN_ONLY turns it off (engine/kernels/switch.hpp).
+// Whether moelab's kernels can run on `device`: a GPU of compute capability 8.0 or newer (the
+// kernels are compiled for sm80 and sm90), in a build with the kernels.
+bool own_kernels_run_on(const torch::Device& device);
+
+// Whether moelab's kernel `kernel` (engine/kernels/<kernel>.cu) may run on t: they run on its
+// device, and neither MOELAB_ATEN_ONLY nor a failed self-check turned it off (engine/kernels/switch.hpp).
 bool own_kernel_takes(const char* kernel, const torch::Tensor& t);
 
 // That, and t is rows the kernels' 16-byte loads and stores can move: 2-D, contiguous, each row a

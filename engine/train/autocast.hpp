@@ -9,12 +9,17 @@
 
 namespace moelab {
 
+// What a GPU's matmuls give under train.precision: fp32 (no autocast), bf16 or fp16.
+inline torch::ScalarType autocast_dtype(const std::string& precision) {
+  return precision == "fp32" ? torch::kFloat : precision == "bf16" ? torch::kBFloat16 : torch::kHalf;
+}
+
 class AutocastScope {
  public:
   // precision: fp32 (no autocast), bf16 or fp16.
   AutocastScope(torch::Device device, const std::string& precision) : enabled_(device.is_cuda() && precision != "fp32") {
     if (!enabled_) return;
-    at::autocast::set_autocast_dtype(at::kCUDA, precision == "bf16" ? at::kBFloat16 : at::kHalf);
+    at::autocast::set_autocast_dtype(at::kCUDA, autocast_dtype(precision));
     at::autocast::set_autocast_enabled(at::kCUDA, true);
     at::autocast::increment_nesting();
   }

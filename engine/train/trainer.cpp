@@ -18,6 +18,7 @@
 #include "engine/train/checkpoint.hpp"
 #include "engine/train/data_parallel.hpp"
 #include "engine/train/error_message.hpp"
+#include "engine/train/kernel_self_check.hpp"
 #include "engine/train/memory_use.hpp"
 #include "engine/train/optimizer.hpp"
 #include "engine/train/run_dir_lock.hpp"
@@ -139,6 +140,7 @@ class Trainer {
     }
     int code;
     try {
+      self_check_own_kernels();
       code = loop();
     } catch (const std::exception& e) {
       error_ = error_message(e);
@@ -153,6 +155,7 @@ class Trainer {
   // <run dir>/profile/{trace.json,ops.csv} (and on CUDA operators.csv), nothing to the store.
   int profile() {
     constexpr int kWarmUpSteps = 2;
+    self_check_own_kernels();
     int step = resumed_.step;
     for (int i = 0; i < kWarmUpSteps || (graph_ && !graph_->captured()); ++i) train_step(++step);
     const auto dir = std::filesystem::path(options_.run_dir) / "profile";
@@ -194,6 +197,13 @@ class Trainer {
     parallel_ = std::make_unique<DataParallel>(launch_, rendezvous_from_environment(), device_, model_->parameters());
     parallel_->broadcast_from_rank0(model_->parameters());
     parallel_->broadcast_from_rank0(model_->buffers());
+  }
+
+  // Before the first step on a GPU, each of moelab's kernels that is on checks itself against ATen's
+  // composition (kernel_self_check.hpp); one that fails is turned off for the run, with a warning.
+  void self_check_own_kernels() {
+    report_kernels_turned_off(check_own_kernels(device_, autocast_dtype(config_.train.precision)), stderr,
+                              store_ ? &*store_ : nullptr, job_id_);
   }
 
   int loop() {

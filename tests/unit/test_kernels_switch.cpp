@@ -1,4 +1,5 @@
-// MOELAB_ATEN_ONLY's values: which of moelab's CUDA kernels each turns off (engine/kernels/switch.hpp).
+// MOELAB_ATEN_ONLY's values: which of moelab's CUDA kernels each turns off (engine/kernels/switch.hpp),
+// and the run's own switch beside it, which a failed start-up self-check sets.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -42,4 +43,20 @@ TEST(AtenOnly, EveryKernelFileHasAName) {
   for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::path(MOELAB_SOURCE_DIR) / "engine/kernels"))
     if (entry.path().extension() == ".cu") files.insert(entry.path().stem().string());
   EXPECT_EQ(files, Names(moelab::kernels::kKernelNames.begin(), moelab::kernels::kKernelNames.end()));
+}
+
+// A failed self-check turns off exactly the kernels it names, for the run: the next run's checks
+// set the list afresh. A name that is no kernel's is an error, not a kernel left on.
+TEST(RunSwitch, TurnsOffExactlyTheKernelsNamed) {
+  if (std::getenv("MOELAB_ATEN_ONLY")) GTEST_SKIP() << "MOELAB_ATEN_ONLY is set";
+  using moelab::kernels::own_kernel_enabled;
+  moelab::kernels::turn_off_for_this_run({"gated_gelu", "slot_rows"});
+  EXPECT_FALSE(own_kernel_enabled("gated_gelu"));
+  EXPECT_FALSE(own_kernel_enabled("slot_rows"));
+  EXPECT_TRUE(own_kernel_enabled("cross_entropy"));
+  EXPECT_TRUE(own_kernel_enabled("kern_gate"));
+  moelab::kernels::turn_off_for_this_run({});
+  for (auto name : moelab::kernels::kKernelNames) EXPECT_TRUE(own_kernel_enabled(name)) << name;
+  EXPECT_THROW(own_kernel_enabled("layer_norm"), std::invalid_argument);
+  EXPECT_THROW(moelab::kernels::turn_off_for_this_run({"layer_norm"}), std::invalid_argument);
 }
