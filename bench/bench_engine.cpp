@@ -260,7 +260,6 @@ BENCHMARK_CAPTURE(DemoTrainStep, softmax, std::string("softmax"))->Unit(benchmar
 BENCHMARK_CAPTURE(DemoTrainStep, dense, std::string("dense"))->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
-  keep_large_blocks_in_heap();  // as in moelab itself, so CPU figures are not page-fault bound
   if (torch::cuda::is_available()) register_cuda_benchmarks();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

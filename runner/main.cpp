@@ -2,6 +2,5 @@
 #include "runner/cli.hpp"
 
 int main(int argc, char** argv) {
-  moelab::keep_large_blocks_in_heap();
   return moelab::run_cli(std::vector<std::string>(argv + 1, argv + argc));
 }

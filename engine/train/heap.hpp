@@ -1,18 +1,13 @@
-// How the process's heap treats the large tensors a training step allocates and frees.
+// How the process's heap treats the large tensors a training step allocates and frees. Included
+// by exactly one file of each binary that trains or benchmarks training (its main), which also
+// links jemalloc (CMake: moelab_use_jemalloc).
 #pragma once
 
-#include <malloc.h>
-
-namespace moelab {
-
 // Training allocates and frees tensors of tens to hundreds of MB every step (the logits alone are
-// tokens x vocabulary). glibc serves those with mmap and returns them at free, so every step
-// page-faults its memory in again: on the demo that was half of the CPU time, in the kernel.
-// Keeping large blocks in the heap, and the heap untrimmed, lets the next step reuse them.
-// Called first thing by every binary that trains or benchmarks training.
-inline void keep_large_blocks_in_heap() {
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
-}  // namespace moelab
+// tokens x vocabulary). Returned to the kernel at free, every step page-faults its memory in again;
+// kept in glibc's heap instead, the heap fragmented and grew by ~20 MB a step without end. jemalloc
+// reuses freed extents without fragmenting: huge blocks stay in the ordinary arenas (no oversize
+// arena, which unmaps at free), and freed pages are kept for reuse rather than purged. jemalloc
+// reads this symbol at start; MALLOC_CONF in the environment still overrides it.
+extern "C" const char* malloc_conf;
+const char* malloc_conf = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1";

@@ -78,7 +78,7 @@ TEST(CliHelp, EveryCommandAndSubcommandAnswersHelpWithItsUsageAndExitZero) {
   }
   // The groups list their subcommands in their help, as `moelab --help` lists the commands.
   EXPECT_EQ(groups["sweep"], (std::vector<std::string>{"plan", "run", "status", "cancel"}));
-  EXPECT_EQ(groups["data"], (std::vector<std::string>{"prepare"}));
+  EXPECT_EQ(groups["data"], (std::vector<std::string>{"prepare", "verify"}));
   EXPECT_EQ(groups["db"], (std::vector<std::string>{"query"}));
 }
 
