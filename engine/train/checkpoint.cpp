@@ -1,6 +1,7 @@
 #include "engine/train/checkpoint.hpp"
 
 #include "engine/config/hashing.hpp"
+#include "engine/train/error_message.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -68,8 +69,13 @@ SavedCheckpoint save_checkpoint(const std::string& run_dir, const JobConfig& con
 
   const std::string stem = checkpoint_stem(run_dir, progress.step);
   SavedCheckpoint saved{stem + ".pt", "", progress.step};
-  archive.save_to(saved.path + ".tmp");
-  fs::rename(saved.path + ".tmp", saved.path);
+  const std::string tmp = saved.path + ".tmp";
+  try {
+    archive.save_to(tmp);
+  } catch (const std::exception& e) {  // LibTorch's message names neither the file nor the step
+    throw CheckpointError(tmp + ": cannot write the checkpoint: " + error_message(e));
+  }
+  fs::rename(tmp, saved.path);
   saved.sha256 = file_sha256(saved.path);
   json sidecar{{"step", progress.step}, {"file", fs::path(saved.path).filename().string()},
                {"sha256", saved.sha256}, {"config_hash", config.hash()}};

@@ -283,7 +283,7 @@ TEST_F(Serve, AHugeMaxTokensIsRefusedAndTheModelStaysFree) {
   EXPECT_EQ(huge.body["error"]["param"], "max_tokens");
   EXPECT_NE(huge.body["error"]["message"].get<std::string>().find("32"), std::string::npos) << huge.body;
   EXPECT_EQ(post_to(port_, "/v1/completions", {{"prompt", "ab"}, {"max_tokens", 33}}, 5).status, 400);
-  auto at_cap = post_to(port_, "/v1/completions", {{"prompt", "ab"}, {"max_tokens", 32}}, 5);
+  auto at_cap = post_to(port_, "/v1/completions", {{"prompt", "ab"}, {"max_tokens", 32}});  // no tight deadline: CI is loaded
   EXPECT_EQ(at_cap.status, 200) << at_cap.body;
   auto next = post_to(port_, "/v1/completions", {{"prompt", "ab"}, {"max_tokens", 1}}, 5);
   EXPECT_EQ(next.status, 200) << next.body;

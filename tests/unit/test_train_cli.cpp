@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 #include <torch/cuda.h>
 
@@ -268,7 +269,8 @@ TEST_F(TrainCli, AnErrorDuringTrainingRecordsTheJobAsFailedWithItsReason) {
   auto r = run_moelab(train_args(write_config(tiny_config(), "midway"), "midway"));
   EXPECT_EQ(r.code, moelab::kExitFailed) << r.output;
   size_t error_lines = 0;
-  for (size_t at = r.output.find("error: "); at != std::string::npos; at = r.output.find("error: ", at + 1)) ++error_lines;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) error_lines += line.starts_with("error: ");
   EXPECT_EQ(error_lines, 1u) << r.output;
   EXPECT_NE(r.output.find(blocker.string()), std::string::npos) << r.output;
   moelab::Store store((root_ / "midway.db").string());
