@@ -7,7 +7,8 @@
 // tokens x vocabulary). Returned to the kernel at free, every step page-faults its memory in again;
 // kept in glibc's heap instead, the heap fragmented and grew by ~20 MB a step without end. jemalloc
 // reuses freed extents without fragmenting: huge blocks stay in the ordinary arenas (no oversize
-// arena, which unmaps at free), and freed pages are kept for reuse rather than purged. jemalloc
+// arena, which unmaps at free), and freed pages are kept for reuse between the trainer's periodic
+// returns of them (return_freed_heap_pages in memory_use.hpp), not purged on a timer. jemalloc
 // reads this symbol at start; MALLOC_CONF in the environment still overrides it.
 extern "C" const char* malloc_conf;
 const char* malloc_conf = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1";

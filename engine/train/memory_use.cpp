@@ -6,7 +6,14 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+// jemalloc's control interface, weak so that binaries without jemalloc (the tests) link too.
+extern "C" int mallctl(const char* name, void* old, size_t* old_size, void* value, size_t size) __attribute__((weak));
+
 namespace moelab {
+
+void return_freed_heap_pages() {
+  if (mallctl) mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);  // 4096: MALLCTL_ARENAS_ALL
+}
 
 PeakMemory peak_memory(const torch::Device& device) {
   PeakMemory peak;

@@ -14,4 +14,12 @@ struct PeakMemory {
 
 PeakMemory peak_memory(const torch::Device& device);
 
+// Steps between two returns of freed heap pages to the kernel (return_freed_heap_pages).
+inline constexpr int kStepsBetweenHeapReturns = 25;
+
+// Gives the pages of freed blocks back to the kernel, where jemalloc keeps them (heap.hpp): kept,
+// they spare every step the page faults of its fresh tensors; never returned, the blocks that the
+// steps' varying shapes leave unusable add up to a few MB a step. A no-op without jemalloc.
+void return_freed_heap_pages();
+
 }  // namespace moelab

@@ -228,6 +228,7 @@ class Trainer {
       if (step % t.eval_every == 0 || last) evaluate(step);
       if (step % t.checkpoint_every == 0 || last || stopping) checkpoint(step);
       if (stopping && !last) return kExitInterrupted;
+      if (step % kStepsBetweenHeapReturns == 0) return_freed_heap_pages();
     }
     return kExitOk;
   }
