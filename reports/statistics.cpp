@@ -1,6 +1,7 @@
 #include "reports/statistics.hpp"
 
-#include <array>
+#include <boost/math/distributions/students_t.hpp>
+
 #include <cmath>
 #include <map>
 #include <stdexcept>
@@ -9,14 +10,7 @@ namespace moelab {
 
 double t_critical_95(int df) {
   if (df < 1) throw std::invalid_argument("t_critical_95: df must be at least 1");
-  // Exact table values up to 30 degrees of freedom, where the expansion below is too coarse.
-  static constexpr std::array<double, 30> table = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-                                                   2.201,  2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-                                                   2.080,  2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
-  if (df <= 30) return table[df - 1];
-  // Cornish-Fisher expansion of t around the normal quantile; error below 1e-4 for df > 30.
-  const double z = 1.959964, n = df;
-  return z + (z * z * z + z) / (4 * n) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * n * n);
+  return boost::math::quantile(boost::math::students_t(df), 0.975);
 }
 
 Summary summarize(const std::vector<double>& values) {

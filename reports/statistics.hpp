@@ -18,7 +18,8 @@ struct Summary {
 // values must not be empty.
 Summary summarize(const std::vector<double>& values);
 
-// Two-sided 95% critical value of Student's t with `df` degrees of freedom (df >= 1).
+// Two-sided 95% critical value of Student's t with `df` degrees of freedom (df >= 1): the 0.975
+// quantile, from Boost.Math.
 double t_critical_95(int df);
 
 // Pairs the values that share a seed and summarises (a - b) per seed. Returns nothing when no seed

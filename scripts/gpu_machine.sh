@@ -18,9 +18,9 @@
 #       unpacks .gpu/debs into a prefix (/tmp/moelab-prefix) and builds build-gpu/ from source against
 #       python3's torch: the Debian -dev packages stand in for the missing system ones.
 #     bash scripts/gpu_machine.sh check [OUT] [SECONDS] [STAGE...]
-#       the CUDA tests, the GPU benchmarks, a kernel profile of the MoE layer and the side-by-side
-#       against PyTorch with the binaries of build-gpu/ (or, without it, .gpu/bin), then the source
-#       build when time is left; logs in OUT, a summary last.
+#       the CUDA tests, the GPU benchmarks, a kernel profile of the MoE layer (experiments/) and the
+#       side-by-side against PyTorch with the binaries of build-gpu/ (or, without it, .gpu/bin), then
+#       the source build when time is left; logs in OUT, a summary last.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -207,7 +207,7 @@ check() {
       router_bench)
         stage router_bench 180 "$BIN_BENCH" --benchmark_filter=cuda --benchmark_repetitions=3 \
           --benchmark_report_aggregates_only=true ;;
-      profile) stage profile 90 python3 bench/profile_moe_layer.py ;;
+      profile) stage profile 90 python3 experiments/profile_moe_layer.py ;;
       before_after | layer_before_after)  # only with .gpu/bin-before (MOELAB_BEFORE at bundle time)
         if [[ -z ${BIN_BEFORE_MOELAB:-} ]]; then log "skip $name: no .gpu/bin-before"
         elif [[ $name == before_after ]]; then

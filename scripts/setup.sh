@@ -9,7 +9,7 @@ cd "$ROOT"
 log() { echo "[setup] $*"; }
 
 DEBIAN_PACKAGES=(build-essential cmake ninja-build pkg-config python3 python3-venv
-  libboost-program-options-dev libsqlite3-dev sqlite3 nlohmann-json3-dev libcpp-httplib-dev
+  libboost-dev libboost-program-options-dev libsqlite3-dev sqlite3 nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libicu-dev libgloo-dev libjemalloc-dev
   slurmctld slurmd slurm-client munge)
 

@@ -74,10 +74,10 @@ LmOutput GptImpl::forward_padded(const torch::Tensor& tokens) {
 
 // The projection onto the tied token embeddings. On CUDA a vocabulary that is not a multiple of 64
 // is padded with zero rows up to the next multiple, and a bias sets their logits to -inf: with
-// GPT-2's 50,257 tokens the logits' rows are not 16-byte aligned and cuBLAS falls back to old
-// kernels, which made this projection a quarter of the 125M model's bf16 step on an H200 (30.6 of
-// 121 ms, forward and backward). Masking the padded logits instead of slicing them off keeps the
-// loss's gradient aligned as well. The CPU has no such kernels and would only pay for the copies.
+// GPT-2's 50,257 tokens the logits' rows are not 16-byte aligned and cuBLAS falls back to its slow
+// unaligned kernels, which made this projection a large share of a bf16 step. Masking the padded
+// logits instead of slicing them off keeps the loss's gradient aligned as well. The CPU has no such
+// kernels and would only pay for the copies.
 torch::Tensor GptImpl::output_logits(const torch::Tensor& h) {
   const auto& weight = token_embedding->weight;
   const int64_t vocab = weight.size(0), padded = (vocab + 63) / 64 * 64;

@@ -151,7 +151,7 @@ CompletionServer::CompletionServer(Scorer& scorer, std::string model_name, Serve
   if (request_timeout_.count() <= 0) throw std::runtime_error("serve: the request timeout must be > 0");
   http_->set_payload_max_length(kMaxBodyBytes);
   // Replies go out as headers then body; without TCP_NODELAY, Nagle's algorithm holds the body until
-  // the client's delayed ACK (~40 ms), which capped lm-eval's one-request-per-input tokenizing at ~20/s.
+  // the client's delayed ACK, which throttles lm-eval's tokenizing (one request per input).
   http_->set_tcp_nodelay(true);
   // An idle keep-alive connection holds a worker this long, and stop() waits for every worker.
   http_->set_keep_alive_timeout(1);

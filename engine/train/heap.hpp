@@ -5,7 +5,7 @@
 
 // Training allocates and frees tensors of tens to hundreds of MB every step (the logits alone are
 // tokens x vocabulary). Returned to the kernel at free, every step page-faults its memory in again;
-// kept in glibc's heap instead, the heap fragmented and grew by ~20 MB a step without end. jemalloc
+// kept in glibc's heap instead, the heap fragmented and grew step after step without end. jemalloc
 // reuses freed extents without fragmenting: huge blocks stay in the ordinary arenas (no oversize
 // arena, which unmaps at free), and freed pages are kept for reuse between the trainer's periodic
 // returns of them (return_freed_heap_pages in memory_use.hpp), not purged on a timer. jemalloc

@@ -1,8 +1,8 @@
 // Optional CUDA graph capture of a whole training step (`train.cuda_graph`): the forward pass, the
 // backward pass, gradient clipping and the AdamW update are recorded once as one CUDA graph and then
 // replayed, one launch per step instead of a few thousand. That pays where a step is many small
-// kernels (small models, small batches, the router benchmarks); at the 125M model's 16K tokens a step
-// keeps the GPU about 98% busy without it.
+// kernels (small models, small batches, the router benchmarks); a large step keeps the GPU busy
+// without it.
 //
 // A step can be captured when it never waits for the host and every tensor it reads keeps its
 // address from step to step:

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 #include "db/store.hpp"
 #include "engine/config/job_config.hpp"
@@ -110,11 +111,15 @@ TEST(ReportStatistics, MeanVarianceAndStudentInterval) {
   auto s = summarize({4.0, 4.2, 4.5});
   EXPECT_NEAR(s.mean, 4.233333333, 1e-9);
   EXPECT_NEAR(*s.variance, 0.063333333, 1e-9);  // ((-.2333)^2 + (-.0333)^2 + .2667^2) / 2
-  EXPECT_NEAR(*s.ci_low, 3.608121928, 1e-8);  // 4.2333 - 4.303 * sqrt(0.063333 / 3)
+  EXPECT_NEAR(*s.ci_low, 3.608172385, 1e-8);  // 4.2333 - t(0.975, 2) * sqrt(0.063333 / 3)
   EXPECT_FALSE(summarize({1.0}).variance.has_value());
-  EXPECT_DOUBLE_EQ(t_critical_95(1), 12.706);
-  EXPECT_NEAR(t_critical_95(60), 2.0003, 2e-4);   // tables: 2.000
-  EXPECT_NEAR(t_critical_95(120), 1.9799, 2e-4);  // tables: 1.980
+  // The quantiles themselves (scipy.stats.t.ppf(0.975, df)), beyond the three decimals of printed tables.
+  EXPECT_NEAR(t_critical_95(1), 12.706204736, 1e-6);
+  EXPECT_NEAR(t_critical_95(2), 4.302652730, 1e-6);
+  EXPECT_NEAR(t_critical_95(30), 2.042272456, 1e-6);
+  EXPECT_NEAR(t_critical_95(31), 2.039513446, 1e-6);
+  EXPECT_NEAR(t_critical_95(120), 1.979930405, 1e-6);
+  EXPECT_THROW(t_critical_95(0), std::invalid_argument);
   auto d = paired_difference({{0, 3.9}, {1, 4.0}, {2, 4.4}, {7, 1.0}}, {{0, 4.0}, {1, 4.2}, {2, 4.5}});
   ASSERT_TRUE(d.has_value());
   EXPECT_EQ(d->n, 3);  // seed 7 has no partner
@@ -148,13 +153,13 @@ TEST(ReportTables, SeedTableHasVarianceIntervalAndPairedDifferenceAgainstSoftmax
   EXPECT_NEAR(num(softmax, "mean"), 4.233333333333, 1e-9);
   EXPECT_NEAR(num(softmax, "variance"), 0.063333333333, 1e-9);
   EXPECT_NEAR(num(softmax, "std"), 0.251661147842, 1e-9);
-  EXPECT_NEAR(num(softmax, "ci95_low"), 3.608121928, 1e-8);   // 4.23333 - 4.303 * 0.251661 / sqrt(3)
-  EXPECT_NEAR(num(softmax, "ci95_high"), 4.858544738, 1e-8);
+  EXPECT_NEAR(num(softmax, "ci95_low"), 3.608172385, 1e-8);  // 4.23333 - t(0.975, 2) * 0.251661 / sqrt(3)
+  EXPECT_NEAR(num(softmax, "ci95_high"), 4.858494281, 1e-8);
   EXPECT_EQ(softmax.at("diff_vs_softmax"), "");
   auto kern = row_where(rows, {{"router", "kern"}, {"step", "200"}});
   EXPECT_NEAR(num(kern, "diff_vs_softmax"), -0.133333333, 1e-9);  // per seed: -0.1, -0.2, -0.1
-  EXPECT_NEAR(num(kern, "diff_ci95_low"), -0.133333333 - 0.143433333, 1e-8);  // 4.303 * 0.057735 / sqrt(3)
-  EXPECT_NEAR(num(kern, "diff_ci95_high"), -0.133333333 + 0.143433333, 1e-8);
+  EXPECT_NEAR(num(kern, "diff_ci95_low"), -0.133333333 - 0.143421758, 1e-8);  // t(0.975, 2) * 0.057735 / sqrt(3)
+  EXPECT_NEAR(num(kern, "diff_ci95_high"), -0.133333333 + 0.143421758, 1e-8);
   auto dense = row_where(rows, {{"router", "dense"}, {"step", "100"}});
   EXPECT_EQ(num(dense, "n"), 1);
   EXPECT_EQ(dense.at("variance"), "");  // one seed: no variance

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the GPU time of the paper's MoE layer goes, kernel by kernel (torch.profiler; needs CUDA).
 
-    python3 bench/profile_moe_layer.py [--tokens 8192]
+    python3 experiments/profile_moe_layer.py [--tokens 8192]
 
 The engine's ops for 8192 tokens (one 8 x 1024 micro-batch), d 768, 64 experts, top-8, size 384, in
 bf16 autocast as in training, written again in Python, each as the engine computed it before and as
@@ -21,9 +21,8 @@ it does now:
   experiment not in the engine, that with each weight's gradient computed over chunks of at most C rows
   of an expert and the chunks' products summed per expert (index_add_): ATen's grouped kernel gives
   each expert's gradient tiles a loop over all of the expert's rows, so tiles of busy experts run
-  longest and the rest of the GPU waits (the H200 step profile at 5dfda34: 245 to 450 us per weight
-  gradient, against 190 to 220 us for the other grouped products of the same FLOPs, whose tiles are
-  all alike).
+  longest and the rest of the GPU waits, where the other grouped products of the same FLOPs have
+  tiles that are all alike.
 Prints, for each, the GPU time of one forward+backward and the kernels that take most of it.
 Kernel times are the GPU's own, so Python's launch overhead does not enter them. For a whole
 training step of the engine itself, use `moelab train --profile-steps N`.
