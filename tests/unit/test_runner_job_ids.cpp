@@ -70,7 +70,8 @@ TEST(JobIds, ShippedSpecsPlanTheirGoldenIds) {
 TEST(JobIds, AFieldAddedWithItsDefaultMovesNoId) {
   const ConfigSchema grown(fields_with_two_more(Identity::WhenSet));
   ASSERT_NE(grown.find("parallel.experts"), nullptr);
-  for (auto& [spec, ids] : golden_ids().items())
+  const json golden = golden_ids();
+  for (auto& [spec, ids] : golden.items())
     for (auto& job : planned(spec)) {
       ASSERT_TRUE(grown.to_json(job.config).at("model").contains("test_option"));
       EXPECT_EQ(grown.hash(job.config), ids.at(job.config.name).get<std::string>()) << spec << " " << job.config.name;
