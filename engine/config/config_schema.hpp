@@ -4,6 +4,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <array>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -144,7 +145,7 @@ ConfigField choice_field(std::string path, Member member, std::vector<std::strin
 class ConfigSchema {
  public:
   // `identity_version` changes only when a default's meaning changes (README "Job identity").
-  explicit ConfigSchema(std::vector<ConfigField> fields, int identity_version = 1);
+  ConfigSchema(std::vector<ConfigField> fields, int identity_version);
 
   const std::vector<ConfigField>& fields() const { return fields_; }
   int identity_version() const { return identity_version_; }

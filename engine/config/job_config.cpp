@@ -67,6 +67,10 @@ void require(bool ok, const char* path, Message&& message) {
 
 }  // namespace
 
+// Raised only when a default's meaning changes, which moves every job's id (and needs a store
+// migration that renames them); adding a field does not raise it (README "Job identity").
+constexpr int kIdentityVersion = 1;
+
 // Every field of a job's config, in the order it is read and documented. Fields added from now on
 // take Identity::WhenSet and a default that keeps earlier behaviour, so that no job's id moves.
 const ConfigSchema& job_config_schema() {
@@ -150,7 +154,7 @@ const ConfigSchema& job_config_schema() {
       string_field("data.val", [](auto& c) -> auto& { return c.data.val; }, "validation token file"),
       choice_field("data.tokenizer", [](auto& c) -> auto& { return c.data.tokenizer; }, {"gpt2", "bytes"},
                    "the tokenizer of the token files"),
-  });
+  }, kIdentityVersion);
   return schema;
 }
 

@@ -68,7 +68,7 @@ TEST(JobIds, ShippedSpecsPlanTheirGoldenIds) {
 }
 
 TEST(JobIds, AFieldAddedWithItsDefaultMovesNoId) {
-  const ConfigSchema grown(fields_with_two_more(Identity::WhenSet));
+  const ConfigSchema grown(fields_with_two_more(Identity::WhenSet), job_config_schema().identity_version());
   ASSERT_NE(grown.find("parallel.experts"), nullptr);
   const json golden = golden_ids();
   for (auto& [spec, ids] : golden.items())
@@ -95,7 +95,8 @@ TEST(JobIds, AFieldAddedWithItsDefaultMovesNoId) {
 // What the rule guards against: hashing a new field at its default, or a new identity version,
 // moves every id.
 TEST(JobIds, HashingANewFieldAtItsDefaultOrANewIdentityVersionMovesIds) {
-  const ConfigSchema always(fields_with_two_more(Identity::Always));
+  const ConfigSchema always(fields_with_two_more(Identity::Always), job_config_schema().identity_version());
+  ASSERT_EQ(job_config_schema().identity_version(), 1);
   const ConfigSchema version_2(job_config_schema().fields(), 2);
   const json ids = golden_ids().at("sweeps/demo.json");
   for (auto& job : planned("sweeps/demo.json")) {
