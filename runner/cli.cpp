@@ -12,7 +12,7 @@
 #include <functional>
 #include <iostream>
 
-#include "engine/config/job_config.hpp"
+#include "engine/config/config_schema.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/serve/completion_server.hpp"
@@ -238,6 +238,21 @@ int report(const std::vector<std::string>& args) {
   return 0;
 }
 
+int config_reference(const std::vector<std::string>& args) {
+  po::options_description options("moelab config reference");
+  po::variables_map vm;
+  if (!parse_options(args, "config reference", options, vm)) return 0;
+  std::cout << job_config_schema().reference();
+  return 0;
+}
+
+int config_command(const std::vector<std::string>& args) {
+  static const Commands commands = {
+      {"reference", "every job config field: values, default, part in the job's id, meaning (the README's table)",
+       config_reference}};
+  return dispatch("config", commands, args);
+}
+
 int data_command(const std::vector<std::string>& args) {
   static const Commands commands = {
       {"prepare", "tokenize a corpus into train.bin, val.bin and meta.json", data_prepare},
@@ -248,6 +263,7 @@ int data_command(const std::vector<std::string>& args) {
 const Commands& commands() {
   static const Commands table = {
       {"data", "tokenize a corpus into token files", data_command},
+      {"config", "the job config's fields", config_command},
       {"params", "parameter counts and FLOPs of a config", params},
       {"train", "train one job", train},
       {"eval", "score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval},

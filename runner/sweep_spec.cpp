@@ -5,6 +5,7 @@
 #include <set>
 #include <thread>
 
+#include "engine/config/config_schema.hpp"
 #include "eval/lm_eval_driver.hpp"
 #include "runner/slurm_executor.hpp"
 
@@ -19,26 +20,17 @@ const std::vector<std::string> kSpecKeys = {"name", "base", "axes", "zip", "incl
 
 [[noreturn]] void fail(const std::string& where, const std::string& message) { throw ConfigError(where + ": " + message); }
 
-void check_config_path(const std::string& path, const std::string& where) {
-  const auto& paths = config_paths();
-  if (std::find(paths.begin(), paths.end(), path) == paths.end())
-    fail(where, "unknown config path" + did_you_mean(path, paths));
+const ConfigField& config_field(const std::string& path, const std::string& where) {
+  const ConfigField* field = job_config_schema().find(path);
+  if (!field) fail(where, "unknown config path" + did_you_mean(path, job_config_schema().paths()));
+  return *field;
 }
 
-// A value at `path` must parse as that field, in its domain (checks across fields come later with the
-// whole config). An error about the field is reported where the spec gave the value:
-// "train.betas[0]: ..." -> "axes.train.betas[1][0]: ...".
-void check_value(const json& base, const std::string& path, const json& value, const std::string& where) {
-  json config = base;
-  set_dotted(config, path, value);
-  try {
-    parse_job_config(config, /*cross_checks=*/false);
-  } catch (const ConfigError& e) {
-    const std::string message = e.what();
-    if (message.starts_with(path + ":") || message.starts_with(path + "[") || message.starts_with(path + "."))
-      throw ConfigError(where + message.substr(path.size()));
-    throw;
-  }
+// A value must be one its field takes, reported where the spec gave it ("axes.train.betas[1][0]: ...");
+// checks across fields come later, with each job's whole config.
+void check_value(const ConfigField& field, const json& value, const std::string& where) {
+  JobConfig scratch;
+  field.read(scratch, value, where);
 }
 
 std::vector<json> value_list(const json& values, const std::string& where) {
@@ -47,28 +39,26 @@ std::vector<json> value_list(const json& values, const std::string& where) {
   return values.get<std::vector<json>>();
 }
 
-Dimension parse_paths_to_lists(const json& j, const json& base, const std::string& where) {
+Dimension parse_paths_to_lists(const json& j, const std::string& where) {
   if (!j.is_object()) fail(where, "expected an object of config paths to lists, got " + j.dump());
   Dimension dimension;
   for (auto& [path, values] : j.items()) {
-    check_config_path(path, where + "." + path);
+    const ConfigField& field = config_field(path, where + "." + path);
     auto list = value_list(values, where + "." + path);
-    for (size_t i = 0; i < list.size(); ++i)
-      check_value(base, path, list[i], where + "." + path + "[" + std::to_string(i) + "]");
+    for (size_t i = 0; i < list.size(); ++i) check_value(field, list[i], where + "." + path + "[" + std::to_string(i) + "]");
     dimension.emplace_back(path, std::move(list));
   }
   return dimension;
 }
 
-std::vector<json> parse_partial_configs(const json& j, const json& base, const std::string& where) {
+std::vector<json> parse_partial_configs(const json& j, const std::string& where) {
   if (!j.is_array()) fail(where, "expected a list of objects of config paths to values, got " + j.dump());
   std::vector<json> out;
   for (size_t i = 0; i < j.size(); ++i) {
     const std::string item = where + "[" + std::to_string(i) + "]";
     if (!j[i].is_object() || j[i].empty()) fail(item, "expected a non-empty object of config paths to values");
     for (auto& [path, value] : j[i].items()) {
-      check_config_path(path, item + "." + path);
-      check_value(base, path, value, item + "." + path);
+      check_value(config_field(path, item + "." + path), value, item + "." + path);
     }
     out.push_back(j[i]);
   }
@@ -219,14 +209,14 @@ SweepSpec parse_sweep_spec(const json& j) {
     }
   }
   if (j.contains("axes")) {
-    auto axes = parse_paths_to_lists(j["axes"], spec.base, "axes");
+    auto axes = parse_paths_to_lists(j["axes"], "axes");
     for (auto& axis : axes) spec.axes.push_back(axis);
   }
   if (j.contains("zip")) {
     if (!j["zip"].is_array()) fail("zip", "expected a list of groups (objects of config paths to equally long lists)");
     for (size_t g = 0; g < j["zip"].size(); ++g) {
       const std::string where = "zip[" + std::to_string(g) + "]";
-      auto group = parse_paths_to_lists(j["zip"][g], spec.base, where);
+      auto group = parse_paths_to_lists(j["zip"][g], where);
       if (group.empty()) fail(where, "empty group");
       for (auto& [path, values] : group)
         if (values.size() != group.front().second.size())
@@ -241,8 +231,8 @@ SweepSpec parse_sweep_spec(const json& j) {
     for (auto& [path, values] : spec.zips[g])
       if (!varied.insert(path).second)
         fail("zip[" + std::to_string(g) + "]." + path, "this path is already varied by another axis or zip group");
-  if (j.contains("include")) spec.include = parse_partial_configs(j["include"], spec.base, "include");
-  if (j.contains("exclude")) spec.exclude = parse_partial_configs(j["exclude"], spec.base, "exclude");
+  if (j.contains("include")) spec.include = parse_partial_configs(j["include"], "include");
+  if (j.contains("exclude")) spec.exclude = parse_partial_configs(j["exclude"], "exclude");
   if (j.contains("max_attempts")) spec.max_attempts = json_int(j["max_attempts"], "max_attempts", 1);
   if (j.contains("local")) {
     const json& local = j["local"];

@@ -1,15 +1,13 @@
 #include "engine/config/job_config.hpp"
 
-#include "engine/config/hashing.hpp"
+#include "engine/config/config_schema.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <map>
-#include <set>
-#include <sstream>
+#include <type_traits>
 
 namespace moelab {
 namespace {
@@ -18,183 +16,42 @@ using nlohmann::json;
 
 constexpr long long kIntMax = std::numeric_limits<int>::max();
 
-// The values a real-valued field may take: from least to most, either end open; always finite.
-struct NumberRange {
-  double least, most;
-  bool least_open = false, most_open = false;
-
-  bool contains(double v) const {
-    return std::isfinite(v) && (least_open ? v > least : v >= least) && (most_open ? v < most : v <= most);
-  }
-  std::string text() const {
-    if (std::isinf(most)) return (least_open ? "> " : ">= ") + number_text(least);
-    return std::string("in ") + (least_open ? "(" : "[") + number_text(least) + ", " + number_text(most) + (most_open ? ")" : "]");
-  }
-  static std::string number_text(double v) {
-    std::ostringstream out;
-    out << v;
-    return out.str();
-  }
-};
-
-constexpr double kInfinity = std::numeric_limits<double>::infinity();
-const NumberRange kPositive{0, kInfinity, /*least_open=*/true};
-const NumberRange kNonNegative{0, kInfinity};
-const NumberRange kUnitInterval{0, 1, false, /*most_open=*/true};  // [0, 1): decays and Adam's betas
-
-double json_number(const json& v, const std::string& where, const NumberRange& range) {
-  if (!v.is_number() || !range.contains(v.get<double>()))
-    throw ConfigError(where + ": expected a number " + range.text() + ", got " + v.dump());
-  return v.get<double>();
-}
-
-// Reads the fields of one JSON object, remembering which keys were consumed so that any key left
-// over is reported as unknown (with the nearest known name as a hint). Numeric fields are read with
-// their domain, so that each field's allowed values are stated where it is read.
-class ObjectReader {
- public:
-  ObjectReader(const json& j, std::string path) : j_(j), path_(std::move(path)) {
-    if (!j_.is_object()) throw ConfigError(where("") + ": expected an object, got " + j_.type_name());
-  }
-
-  void read(const std::string& key, bool& out) {
-    if (auto* v = child(key)) {
-      if (!v->is_boolean()) throw ConfigError(where(key) + ": expected a boolean, got " + v->dump());
-      out = v->get<bool>();
-    }
-  }
-
-  void read(const std::string& key, std::string& out) {
-    if (auto* v = child(key)) {
-      if (!v->is_string()) throw ConfigError(where(key) + ": expected a string, got " + v->dump());
-      out = v->get<std::string>();
-    }
-  }
-
-  // An integer field holding at least `least`, and at most what its C++ type holds.
-  template <typename T>
-    requires std::is_integral_v<T>
-  void read(const std::string& key, T& out, long long least) {
-    if (auto* v = child(key)) out = T(json_integer(*v, where(key), least, std::numeric_limits<T>::max()));
-  }
-
-  void read(const std::string& key, double& out, const NumberRange& range) {
-    if (auto* v = child(key)) out = json_number(*v, where(key), range);
-  }
-
-  const json* child(const std::string& key) {
-    known_.insert(key);
-    auto it = j_.find(key);
-    return it == j_.end() ? nullptr : &*it;
-  }
-
-  std::string where(const std::string& key) const {
-    if (key.empty()) return path_.empty() ? "(top level)" : path_;
-    return path_.empty() ? key : path_ + "." + key;
-  }
-
-  void reject_unknown_keys() const {
-    for (auto& [key, value] : j_.items()) {
-      if (known_.count(key)) continue;
-      throw ConfigError(where(key) + ": unknown key" + nearest_hint(key));
-    }
-  }
-
- private:
-  std::string nearest_hint(const std::string& key) const {
-    return did_you_mean(key, std::vector<std::string>(known_.begin(), known_.end()));
-  }
-
-  const json& j_;
-  std::string path_;
-  std::set<std::string> known_;
-};
-
 const std::map<std::string, RouterKind> kRouters = {
     {"dense", RouterKind::Dense}, {"softmax", RouterKind::Softmax}, {"sigmoid", RouterKind::Sigmoid},
     {"tanh", RouterKind::Tanh},   {"kern", RouterKind::Kern},       {"kmeans", RouterKind::KMeans}};
 
+// Aliases from the paper's appendices: KERN with one option set, so that "kern_no_relu" and
+// {"router": "kern", "kern": {"relu": false}} are one job.
+const std::vector<std::pair<std::string, void (*)(KernOptions&)>> kKernAliases = {
+    {"kern_no_relu", [](KernOptions& k) { k.relu = false; }},
+    {"kern_after_topk", [](KernOptions& k) { k.after_topk = true; }}};
+
 const std::map<std::string, Balance> kBalances = {
     {"none", Balance::None}, {"aux_loss", Balance::AuxLoss}, {"aux_free", Balance::AuxFree}};
 
-std::string names_of(const auto& table) {
-  std::string out;
-  for (auto& [name, value] : table) out += (out.empty() ? "" : ", ") + name;
-  return out;
+template <typename Table>
+std::vector<std::string> names_of(const Table& table) {
+  std::vector<std::string> names;
+  for (auto& [name, value] : table) names.push_back(name);
+  return names;
 }
 
-void parse_kern(const json& j, KernOptions& k) {
-  ObjectReader r(j, "model.kern");
-  r.read("relu", k.relu);
-  r.read("after_topk", k.after_topk);
-  r.read("init", k.init);
-  r.reject_unknown_keys();
+std::string router_names() {
+  std::string list;
+  for (auto& name : names_of(kRouters)) list += (list.empty() ? "" : ", ") + name;
+  for (auto& name : names_of(kKernAliases)) list += ", " + name;
+  return list;
 }
 
-// Sizes a model cannot do without are >= 1; the expert sizes are checked for MoE routers in validate
-// (a dense model has none).
-void parse_model(const json& j, ModelConfig& m) {
-  ObjectReader r(j, "model");
-  r.read("vocab_size", m.vocab_size, 1);
-  r.read("seq_len", m.seq_len, 1);
-  r.read("layers", m.layers, 1);
-  r.read("d_model", m.d_model, 1);
-  r.read("heads", m.heads, 1);
-  r.read("router", m.router);
-  r.read("experts", m.experts, 0);
-  r.read("top_k", m.top_k, 0);
-  r.read("expert_size", m.expert_size, 0);
-  r.read("granularity", m.granularity, 1);
-  r.read("dense_size", m.dense_size, 0);
-  r.read("renormalize", m.renormalize);
-  r.read("balance", m.balance);
-  r.read("aux_loss_coef", m.aux_loss_coef, kNonNegative);
-  r.read("z_loss_coef", m.z_loss_coef, kNonNegative);
-  r.read("bias_update_rate", m.bias_update_rate, kNonNegative);
-  r.read("centroid_decay", m.centroid_decay, kUnitInterval);
-  if (auto* k = r.child("kern")) parse_kern(*k, m.kern);
-  r.reject_unknown_keys();
-  // Aliases from the paper's appendices resolve to KERN with the matching option, so that
-  // "kern_no_relu" and {"router":"kern","kern":{"relu":false}} are one job.
-  if (m.router == "kern_no_relu") m.router = "kern", m.kern.relu = false;
-  if (m.router == "kern_after_topk") m.router = "kern", m.kern.after_topk = true;
+void check_router_name(const std::string& name, const std::string& where) {
+  if (!kRouters.count(name) && std::none_of(kKernAliases.begin(), kKernAliases.end(), [&](auto& a) { return a.first == name; }))
+    throw ConfigError(where + ": unknown router \"" + name + "\" (expected one of: " + router_names() + ")");
 }
 
-void parse_train(const json& j, TrainConfig& t) {
-  ObjectReader r(j, "train");
-  r.read("steps", t.steps, 1);
-  r.read("batch_size", t.batch_size, 1);
-  r.read("micro_batch", t.micro_batch, 1);
-  r.read("lr", t.lr, kPositive);
-  r.read("warmup", t.warmup, 0);
-  r.read("min_lr", t.min_lr, kNonNegative);  // and <= lr: validate
-  if (auto* b = r.child("betas")) {
-    if (!b->is_array() || b->size() != 2)
-      throw ConfigError("train.betas: expected an array of two numbers, got " + b->dump());
-    t.beta1 = json_number((*b)[0], "train.betas[0]", kUnitInterval);
-    t.beta2 = json_number((*b)[1], "train.betas[1]", kUnitInterval);
-  }
-  r.read("weight_decay", t.weight_decay, kNonNegative);
-  r.read("grad_clip", t.grad_clip, kNonNegative);  // 0 disables clipping
-  r.read("precision", t.precision);
-  r.read("log_every", t.log_every, 1);
-  r.read("eval_every", t.eval_every, 1);
-  r.read("eval_batches", t.eval_batches, 1);
-  r.read("checkpoint_every", t.checkpoint_every, 1);
-  r.read("keep_checkpoints", t.keep_checkpoints, 1);
-  r.read("keep_every", t.keep_every, 0);  // 0: none
-  r.read("device", t.device);
-  r.read("threads", t.threads, 0);        // 0: LibTorch's default
-  r.read("cuda_graph", t.cuda_graph);
-  r.reject_unknown_keys();
-}
-
-void parse_data(const json& j, DataConfig& d) {
-  ObjectReader r(j, "data");
-  r.read("train", d.train);
-  r.read("val", d.val);
-  r.read("tokenizer", d.tokenizer);
-  r.reject_unknown_keys();
+// Read after the kern options, so that an alias wins over what the config says of its option.
+void resolve_router_alias(ModelConfig& m) {
+  for (auto& [alias, set_option] : kKernAliases)
+    if (m.router == alias) m.router = "kern", set_option(m.kern);
 }
 
 // Messages are built only when a check fails: validation runs once per job of a sweep, and a sweep
@@ -208,16 +65,98 @@ void require(bool ok, const char* path, Message&& message) {
     throw ConfigError(std::string(path) + ": " + message);
 }
 
-void require_one_of(const std::string& v, std::initializer_list<const char*> allowed, const std::string& path) {
-  std::string list;
-  for (auto a : allowed) {
-    if (v == a) return;
-    list += (list.empty() ? "" : ", ") + std::string(a);
-  }
-  throw ConfigError(path + ": unknown value \"" + v + "\" (expected one of: " + list + ")");
-}
-
 }  // namespace
+
+// Raised only when a default's meaning changes, which moves every job's id (and needs a store
+// migration that renames them); adding a field does not raise it (README "Job identity").
+constexpr int kIdentityVersion = 1;
+
+// Every field of a job's config, in the order it is read and documented. Fields added from now on
+// take Identity::WhenSet and a default that keeps earlier behaviour, so that no job's id moves.
+const ConfigSchema& job_config_schema() {
+  static const ConfigSchema schema({
+      string_field("name", [](auto& c) -> auto& { return c.name; }, "a label for tables and logs", Identity::None),
+      // torch seeds are unsigned: a negative one would alias a large one
+      integer_field("seed", [](auto& c) -> auto& { return c.seed; }, 0, "initialisation and data order"),
+      // Sizes a model cannot do without are >= 1; the expert sizes are checked for MoE routers in
+      // validate (a dense model has none).
+      integer_field("model.vocab_size", [](auto& c) -> auto& { return c.model.vocab_size; }, 1, "vocabulary size: rows of the embedding"),
+      integer_field("model.seq_len", [](auto& c) -> auto& { return c.model.seq_len; }, 1, "tokens per training sequence"),
+      integer_field("model.layers", [](auto& c) -> auto& { return c.model.layers; }, 1, "transformer blocks"),
+      integer_field("model.d_model", [](auto& c) -> auto& { return c.model.d_model; }, 1, "hidden width; a multiple of heads"),
+      integer_field("model.heads", [](auto& c) -> auto& { return c.model.heads; }, 1, "attention heads"),
+      string_field("model.router", [](auto& c) -> auto& { return c.model.router; },
+                   "the gate of every MoE layer, or dense for a dense FFN; the aliases set a model.kern option",
+                   Identity::Always, "one of: " + router_names(), check_router_name),
+      integer_field("model.experts", [](auto& c) -> auto& { return c.model.experts; }, 0,
+                    "experts per MoE layer, before granularity; >= 1 for MoE routers"),
+      integer_field("model.top_k", [](auto& c) -> auto& { return c.model.top_k; }, 0,
+                    "experts per token, before granularity; >= 1 for MoE routers, at most experts"),
+      integer_field("model.expert_size", [](auto& c) -> auto& { return c.model.expert_size; }, 0,
+                    "hidden width of an expert, before granularity; >= 1 for MoE routers, a multiple of granularity"),
+      integer_field("model.granularity", [](auto& c) -> auto& { return c.model.granularity; }, 1,
+                    "g: g x experts, g x top_k, expert_size / g (finer experts, the same active parameters)"),
+      integer_field("model.dense_size", [](auto& c) -> auto& { return c.model.dense_size; }, 0,
+                    "dense FFN width when the router is dense; 0: 4 x d_model"),
+      boolean_field("model.renormalize", [](auto& c) -> auto& { return c.model.renormalize; },
+                    "rescale the k kept gates to sum to 1 (false: gates are the router's own values)"),
+      choice_field("model.balance", [](auto& c) -> auto& { return c.model.balance; }, names_of(kBalances),
+                   "load balancing: none (the paper's), aux_loss (Switch loss, aux_loss_coef), aux_free (selection bias "
+                   "moved by the sign of the load error, bias_update_rate)"),
+      number_field("model.aux_loss_coef", [](auto& c) -> auto& { return c.model.aux_loss_coef; }, kNonNegative,
+                   "weight of the Switch auxiliary loss; > 0 with balance aux_loss"),
+      number_field("model.z_loss_coef", [](auto& c) -> auto& { return c.model.z_loss_coef; }, kNonNegative,
+                   "weight of the router z-loss, with any balance"),
+      number_field("model.bias_update_rate", [](auto& c) -> auto& { return c.model.bias_update_rate; }, kNonNegative,
+                   "aux_free and kmeans: bias step per update, by the sign of the load error"),
+      number_field("model.centroid_decay", [](auto& c) -> auto& { return c.model.centroid_decay; }, kUnitInterval,
+                   "kmeans: EMA decay of the expert centroids (its gates are 1/k over the chosen experts)"),
+      boolean_field("model.kern.relu", [](auto& c) -> auto& { return c.model.kern.relu; },
+                    "kern: ReLU on the normalised scores (false: appendix J)"),
+      boolean_field("model.kern.after_topk", [](auto& c) -> auto& { return c.model.kern.after_topk; },
+                    "kern: top-k on the scores first, then KERN over the k kept (appendix H)"),
+      choice_field("model.kern.init", [](auto& c) -> auto& { return c.model.kern.init; }, {"one", "monte_carlo"},
+                   "kern: gamma starts at 1, or at the sampled constant of appendices I and L"),
+      integer_field("train.steps", [](auto& c) -> auto& { return c.train.steps; }, 1, "optimizer steps"),
+      integer_field("train.batch_size", [](auto& c) -> auto& { return c.train.batch_size; }, 1,
+                    "sequences per step; a multiple of micro_batch"),
+      integer_field("train.micro_batch", [](auto& c) -> auto& { return c.train.micro_batch; }, 1,
+                    "sequences per forward and backward pass; the step accumulates batch_size / micro_batch of them"),
+      number_field("train.lr", [](auto& c) -> auto& { return c.train.lr; }, kPositive,
+                   "peak learning rate, reached after warmup, then cosine decay to min_lr at the last step"),
+      integer_field("train.warmup", [](auto& c) -> auto& { return c.train.warmup; }, 0, "steps of linear warmup"),
+      number_field("train.min_lr", [](auto& c) -> auto& { return c.train.min_lr; }, kNonNegative,
+                   "learning rate at the last step; at most lr"),
+      number_pair_field("train.betas", [](auto& c) -> auto& { return c.train.betas; }, kUnitInterval, "AdamW's beta1 and beta2"),
+      number_field("train.weight_decay", [](auto& c) -> auto& { return c.train.weight_decay; }, kNonNegative, "AdamW's weight decay"),
+      number_field("train.grad_clip", [](auto& c) -> auto& { return c.train.grad_clip; }, kNonNegative,
+                   "largest gradient norm; 0: no clipping"),
+      choice_field("train.precision", [](auto& c) -> auto& { return c.train.precision; }, {"fp32", "bf16", "fp16"},
+                   "autocast on CUDA; the CPU always computes in fp32"),
+      integer_field("train.log_every", [](auto& c) -> auto& { return c.train.log_every; }, 1,
+                    "steps between train-loss rows (and checks for a non-finite loss)"),
+      integer_field("train.eval_every", [](auto& c) -> auto& { return c.train.eval_every; }, 1,
+                    "steps between validation losses and routing statistics"),
+      integer_field("train.eval_batches", [](auto& c) -> auto& { return c.train.eval_batches; }, 1,
+                    "micro-batches of validation data per evaluation"),
+      integer_field("train.checkpoint_every", [](auto& c) -> auto& { return c.train.checkpoint_every; }, 1, "steps between checkpoints"),
+      integer_field("train.keep_checkpoints", [](auto& c) -> auto& { return c.train.keep_checkpoints; }, 1,
+                    "newest checkpoints kept", Identity::None),
+      integer_field("train.keep_every", [](auto& c) -> auto& { return c.train.keep_every; }, 0,
+                    "checkpoints at multiples of this step are never pruned; 0: none", Identity::None),
+      choice_field("train.device", [](auto& c) -> auto& { return c.train.device; }, {"auto", "cpu", "cuda"},
+                   "where it trains; auto: CUDA when there is a GPU", Identity::None),
+      integer_field("train.threads", [](auto& c) -> auto& { return c.train.threads; }, 0,
+                    "CPU intra-op threads; 0: LibTorch's default", Identity::None),
+      boolean_field("train.cuda_graph", [](auto& c) -> auto& { return c.train.cuda_graph; },
+                    "capture the step as one CUDA graph and replay it (GPU, one process, bf16 for MoE models)", Identity::None),
+      string_field("data.train", [](auto& c) -> auto& { return c.data.train; }, "training token file (moelab data prepare)"),
+      string_field("data.val", [](auto& c) -> auto& { return c.data.val; }, "validation token file"),
+      choice_field("data.tokenizer", [](auto& c) -> auto& { return c.data.tokenizer; }, {"gpt2", "bytes"},
+                   "the tokenizer of the token files"),
+  }, kIdentityVersion);
+  return schema;
+}
 
 RouterKind ModelConfig::router_kind() const { return kRouters.at(router); }
 Balance ModelConfig::balance_kind() const { return kBalances.at(balance); }
@@ -231,30 +170,9 @@ std::string ModelConfig::router_label() const {
   return label;
 }
 
-namespace {
-
-// Fields that take one of a few names: checked whenever a config is parsed, even partially.
-void check_names(const JobConfig& c) {
-  const auto& m = c.model;
-  if (!kRouters.count(m.router))
-    throw ConfigError("model.router: unknown router \"" + m.router + "\" (expected one of: " + names_of(kRouters) +
-                      ", kern_no_relu, kern_after_topk)");
-  if (!kBalances.count(m.balance))
-    throw ConfigError("model.balance: unknown value \"" + m.balance + "\" (expected one of: " + names_of(kBalances) + ")");
-  require_one_of(m.kern.init, {"one", "monte_carlo"}, "model.kern.init");
-  require_one_of(c.train.precision, {"fp32", "bf16", "fp16"}, "train.precision");
-  require_one_of(c.train.device, {"auto", "cpu", "cuda"}, "train.device");
-  require_one_of(c.data.tokenizer, {"gpt2", "bytes"}, "data.tokenizer");
-}
-
-}  // namespace
-
-// Each field's own domain is checked as it is read (parse_model, parse_train); these are the checks
-// across fields.
 void validate(const JobConfig& c) {
   const auto& m = c.model;
   const auto& t = c.train;
-  check_names(c);
   require(m.d_model % m.heads == 0, "model.d_model",
           [&] { return "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads); });
   require(m.dense_size > 0 || m.d_model <= kIntMax / 4, "model.d_model", [&] {
@@ -290,17 +208,9 @@ void validate(const JobConfig& c) {
 
 JobConfig parse_job_config(const json& j, bool cross_checks) {
   JobConfig c;
-  ObjectReader r(j, "");
-  r.read("name", c.name);
-  r.read("seed", c.seed, 0);  // torch seeds are unsigned: a negative one would alias a large one
-  if (auto* m = r.child("model")) parse_model(*m, c.model);
-  if (auto* t = r.child("train")) parse_train(*t, c.train);
-  if (auto* d = r.child("data")) parse_data(*d, c.data);
-  r.reject_unknown_keys();
-  if (cross_checks)
-    validate(c);
-  else
-    check_names(c);
+  job_config_schema().read(j, c);
+  resolve_router_alias(c.model);
+  if (cross_checks) validate(c);
   return c;
 }
 
@@ -443,16 +353,6 @@ json::json_pointer pointer_of(const std::string& dotted) {
   return json::json_pointer(pointer);
 }
 
-void collect_leaf_paths(const json& j, const std::string& prefix, std::vector<std::string>& out) {
-  for (auto& [key, value] : j.items()) {
-    std::string path = prefix.empty() ? key : prefix + "." + key;
-    if (value.is_object())
-      collect_leaf_paths(value, path, out);
-    else
-      out.push_back(path);
-  }
-}
-
 }  // namespace
 
 std::string did_you_mean(const std::string& key, const std::vector<std::string>& candidates) {
@@ -463,15 +363,6 @@ std::string did_you_mean(const std::string& key, const std::vector<std::string>&
     if (d < best_distance) best_distance = d, best = candidate;
   }
   return best.empty() ? "" : " (did you mean \"" + best + "\"?)";
-}
-
-const std::vector<std::string>& config_paths() {
-  static const std::vector<std::string> paths = [] {
-    std::vector<std::string> out;
-    collect_leaf_paths(JobConfig{}.to_json(), "", out);
-    return out;
-  }();
-  return paths;
 }
 
 void set_dotted(json& config, const std::string& path, const json& value) { config[pointer_of(path)] = value; }
@@ -486,49 +377,23 @@ void apply_override(json& config, const std::string& assignment) {
   if (equals == std::string::npos || equals == 0)
     throw ConfigError("--set " + assignment + ": expected PATH=VALUE, e.g. model.router=softmax");
   std::string path = assignment.substr(0, equals), text = assignment.substr(equals + 1);
-  json value;
-  try {
-    value = json::parse(text);
-  } catch (const json::out_of_range&) {
-    throw ConfigError("--set " + assignment + ": " + number_out_of_range(path, text));
-  } catch (const json::parse_error&) {
-    value = text;  // a bare string: model.router=softmax
+  // A string field takes the text as written (name=2024 names the job "2024"), or a quoted JSON string.
+  const ConfigField* field = job_config_schema().find(path);
+  json value = text;  // a bare string: model.router=softmax
+  if (!(field && field->is_string()) || text.starts_with('"')) {
+    try {
+      value = json::parse(text);
+    } catch (const json::out_of_range&) {
+      throw ConfigError("--set " + assignment + ": " + number_out_of_range(path, text));
+    } catch (const json::parse_error&) {
+    }
   }
   set_dotted(config, path, value);
 }
 
-json JobConfig::to_json() const {
-  const auto& m = model;
-  const auto& t = train;
-  // nlohmann::json objects keep keys sorted, so dump() is canonical.
-  return json{
-      {"name", name},
-      {"seed", seed},
-      {"model",
-       {{"vocab_size", m.vocab_size}, {"seq_len", m.seq_len}, {"layers", m.layers}, {"d_model", m.d_model},
-        {"heads", m.heads}, {"router", m.router}, {"experts", m.experts}, {"top_k", m.top_k},
-        {"expert_size", m.expert_size}, {"granularity", m.granularity}, {"dense_size", m.dense_size},
-        {"renormalize", m.renormalize}, {"balance", m.balance}, {"aux_loss_coef", m.aux_loss_coef},
-        {"z_loss_coef", m.z_loss_coef}, {"bias_update_rate", m.bias_update_rate}, {"centroid_decay", m.centroid_decay},
-        {"kern", {{"relu", m.kern.relu}, {"after_topk", m.kern.after_topk}, {"init", m.kern.init}}}}},
-      {"train",
-       {{"steps", t.steps}, {"batch_size", t.batch_size}, {"micro_batch", t.micro_batch}, {"lr", t.lr},
-        {"warmup", t.warmup}, {"min_lr", t.min_lr}, {"betas", {t.beta1, t.beta2}}, {"weight_decay", t.weight_decay},
-        {"grad_clip", t.grad_clip}, {"precision", t.precision}, {"log_every", t.log_every}, {"eval_every", t.eval_every},
-        {"eval_batches", t.eval_batches}, {"checkpoint_every", t.checkpoint_every},
-        {"keep_checkpoints", t.keep_checkpoints}, {"keep_every", t.keep_every}, {"device", t.device}, {"threads", t.threads},
-        {"cuda_graph", t.cuda_graph}}},
-      {"data", {{"train", data.train}, {"val", data.val}, {"tokenizer", data.tokenizer}}}};
-}
+json JobConfig::to_json() const { return job_config_schema().to_json(*this); }
 
-std::string JobConfig::hash() const {
-  // A job's name is a label, and where and how fast it runs does not change what it computes, so
-  // none of those are identity: two ways of writing the same experiment are one job.
-  json identity = to_json();
-  identity.erase("name");
-  for (auto key : {"device", "threads", "cuda_graph", "keep_checkpoints", "keep_every"}) identity["train"].erase(key);
-  return sha256_hex(identity.dump()).substr(0, 16);
-}
+std::string JobConfig::hash() const { return job_config_schema().hash(*this); }
 
 int TrainConfig::micro_batches_per_rank(int ranks) const {
   if (accumulation_steps() % ranks != 0)

@@ -1,10 +1,12 @@
 // A job's resolved configuration: the contract that sweep specs, the CLI, the store and tests share
 // (DESIGN.md "A job's config"). Parsing is strict: unknown keys and wrong types are errors naming the
 // JSON path; missing keys take the defaults below. `granularity` is already applied in the resolved
-// experts/top_k/expert_size accessors.
+// experts/top_k/expert_size accessors. Each member is declared as a field (path, values, doc,
+// identity) once, in job_config_schema() (config_schema.hpp), which parsing and to_json read.
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <array>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -64,7 +66,7 @@ struct TrainConfig {
   double lr = 6e-4;
   int warmup = 2000;
   double min_lr = 6e-5;
-  double beta1 = 0.9, beta2 = 0.95;
+  std::array<double, 2> betas = {0.9, 0.95};  // AdamW's beta1, beta2
   double weight_decay = 0.1;
   double grad_clip = 1.0;
   std::string precision = "bf16";  // fp32|bf16|fp16 (autocast on CUDA; CPU always computes in fp32)
@@ -98,9 +100,10 @@ struct JobConfig {
   TrainConfig train;
   DataConfig data;
 
-  // Canonical resolved JSON (every key, fixed order) and its hash: a job's identity.
+  // Canonical resolved JSON (every key, fixed order) and its hash: a job's identity (README "Job
+  // identity": the identity fields, those added after identity version 1 only when not at their default).
   nlohmann::json to_json() const;
-  std::string hash() const;  // 16 hex digits of SHA-256 over to_json() less name and where/how it runs
+  std::string hash() const;
 };
 
 // Parses and validates; throws ConfigError naming the JSON path. Every field is checked against its
@@ -124,18 +127,18 @@ inline int json_int(const nlohmann::json& v, const std::string& where, int least
 }
 
 // Dotted paths ("model.router") address config fields, as sweep axes do. set_dotted creates objects
-// on the way; find_dotted returns null when the path is absent. `assignment` is "path=value" with a
-// JSON value or a bare string.
+// on the way; find_dotted returns null when the path is absent. `assignment` is "path=value": for a
+// string field the value is the text as written (or a JSON string), for any other a JSON value, or
+// the text when it is not JSON (so that the field's reader names what it expected).
 void set_dotted(nlohmann::json& config, const std::string& path, const nlohmann::json& value);
 const nlohmann::json* find_dotted(const nlohmann::json& config, const std::string& path);
 void apply_override(nlohmann::json& config, const std::string& assignment);
 
-// Every dotted path a job config has (leaves of the canonical form), and a " (did you mean ...)"
-// hint naming the candidate nearest to a misspelt key, or "" when none is close.
-const std::vector<std::string>& config_paths();
+// A " (did you mean ...)" hint naming the candidate nearest to a misspelt key, or "" when none is close.
 std::string did_you_mean(const std::string& key, const std::vector<std::string>& candidates);
 
-// Cross-field checks (top_k <= experts, divisibility, ...); parse_job_config calls it.
+// Checks across fields (top_k <= experts, divisibility, min_lr <= lr, ...); each field's own domain
+// is checked as it is read. parse_job_config calls it.
 void validate(const JobConfig& c);
 
 }  // namespace moelab

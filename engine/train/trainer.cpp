@@ -77,7 +77,7 @@ std::unique_ptr<FusedAdamW> make_optimizer(Gpt& model, const TrainConfig& t) {
   for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   auto options = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).weight_decay(wd).eps(1e-8));
+        torch::optim::AdamWOptions(t.lr).betas({t.betas[0], t.betas[1]}).weight_decay(wd).eps(1e-8));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(t.weight_decay));

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/config/config_schema.hpp"
 #include "run_moelab.hpp"
 #include "runner/cli.hpp"
 
@@ -80,6 +81,7 @@ TEST(CliHelp, EveryCommandAndSubcommandAnswersHelpWithItsUsageAndExitZero) {
   EXPECT_EQ(groups["sweep"], (std::vector<std::string>{"plan", "run", "status", "cancel"}));
   EXPECT_EQ(groups["data"], (std::vector<std::string>{"prepare", "verify"}));
   EXPECT_EQ(groups["db"], (std::vector<std::string>{"query"}));
+  EXPECT_EQ(groups["config"], (std::vector<std::string>{"reference"}));
 }
 
 // The binary: help on stdout (the trailing '#' comments out run_moelab's "2>&1"), errors on stderr.
@@ -98,6 +100,12 @@ TEST(CliHelp, TheBinaryAnswersHelpOnStdoutAndAnUnknownCommandWithTheCommandsTher
   EXPECT_NE(unknown.output.find("error: unknown sweep command \"frobnicate\" (expected one of: plan, run, status, cancel)"),
             std::string::npos)
       << unknown.output;
+}
+
+TEST(CliConfig, ReferencePrintsTheFieldTable) {
+  auto r = cli({"config", "reference"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, moelab::job_config_schema().reference());
 }
 
 namespace {

@@ -4,8 +4,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
-#include "engine/config/job_config.hpp"
+#include "engine/config/config_schema.hpp"
 
 using namespace moelab;
 using nlohmann::json;
@@ -105,6 +106,16 @@ TEST(JobConfig, OverridesSetDottedPathsWithJsonOrStringValues) {
   EXPECT_EQ(j["model"]["top_k"], 2);
   EXPECT_EQ(j["model"]["kern"]["relu"], false);
   EXPECT_THROW(apply_override(j, "model.router"), ConfigError);
+  // A string field takes the text as written, even when it reads as JSON; others take JSON.
+  apply_override(j, "name=2024");
+  apply_override(j, "data.train=1e999");
+  apply_override(j, "data.val=\"quoted.bin\"");
+  apply_override(j, "train.lr=3e-4");
+  EXPECT_EQ(j["name"], "2024");
+  EXPECT_EQ(j["data"]["train"], "1e999");
+  EXPECT_EQ(j["data"]["val"], "quoted.bin");
+  EXPECT_EQ(j["train"]["lr"], 3e-4);
+  EXPECT_EQ(parse_job_config(j).name, "2024");
 }
 
 // 4294967297 is 2^32 + 1: read through an int it used to become 1 (one step trained, 1 recorded as the
@@ -186,4 +197,64 @@ TEST(JobConfig, LoadErrorsNameTheFileOrTheOverride) {
             "--set train.betas=[1.5,0.9]: train.betas[0]: expected a number in [0, 1), got 1.5");
   EXPECT_EQ(load_error(path, {"train.weight_decay=0.1"}), "");
   std::filesystem::remove(path);
+}
+
+// Every field is read from, and written to, its own path: a value other than the default read from
+// the field's path comes back in to_json() at that path, and nowhere else changes.
+TEST(ConfigSchema, EachFieldReadsAndWritesItsOwnPath) {
+  const auto& schema = job_config_schema();
+  const json defaults = JobConfig{}.to_json();
+  for (auto& field : schema.fields()) {
+    ASSERT_NE(find_dotted(defaults, field.path), nullptr) << field.path;
+    EXPECT_EQ(*find_dotted(defaults, field.path), field.default_value) << field.path;
+    const json& d = field.default_value;
+    json other = d.is_boolean()        ? json(!d.get<bool>())
+                 : d.is_array()        ? json({0.5, 0.5})
+                 : d.is_number_float() ? json(d == 0.0 ? 0.5 : d.get<double>() / 2)
+                 : d.is_number()       ? json(d == 1 ? 2 : 1)
+                 : field.path == "model.router"    ? json("softmax")
+                 : field.path == "model.kern.init" ? json("monte_carlo")
+                 : field.path == "model.balance"   ? json("aux_free")
+                 : field.path == "train.precision" ? json("fp32")
+                 : field.path == "train.device"    ? json("cpu")
+                 : field.path == "data.tokenizer"  ? json("bytes")
+                                                   : json("elsewhere");
+    JobConfig c;
+    field.read(c, other, field.path);
+    json expected = defaults;
+    set_dotted(expected, field.path, other);
+    EXPECT_EQ(c.to_json(), expected) << field.path;
+  }
+}
+
+TEST(ConfigSchema, IdentityLeavesOutTheNameAndWhereAndHowAJobRuns) {
+  std::vector<std::string> outside;
+  for (auto& field : job_config_schema().fields())
+    if (field.identity == Identity::None) outside.push_back(field.path);
+  EXPECT_EQ(outside, (std::vector<std::string>{"name", "train.keep_checkpoints", "train.keep_every", "train.device",
+                                               "train.threads", "train.cuda_graph"}));
+  json identity = job_config_schema().identity(JobConfig{}.to_json());
+  EXPECT_FALSE(identity.contains("name"));
+  EXPECT_FALSE(identity["train"].contains("device"));
+  EXPECT_EQ(identity["model"]["kern"]["init"], "one");  // identity version 1: at its default too
+}
+
+// The README's config reference is what `moelab config reference` prints: regenerate it with
+//   build/moelab config reference
+// and paste it between the markers.
+TEST(ConfigSchema, TheReadmesConfigReferenceIsTheFieldTable) {
+  std::ifstream in(std::string(MOELAB_SOURCE_DIR) + "/README.md");
+  const std::string readme{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const size_t begin = readme.find("<!-- begin config reference");
+  const size_t end = readme.find("<!-- end config reference -->");
+  ASSERT_NE(begin, std::string::npos);
+  ASSERT_NE(end, std::string::npos);
+  const size_t table = readme.find('\n', begin) + 1;
+  ASSERT_LE(table, end);
+  EXPECT_EQ(readme.substr(table, end - table), job_config_schema().reference());
+  const std::string& reference = job_config_schema().reference();
+  EXPECT_NE(reference.find("| `train.min_lr` | number >= 0 | `6e-05` | yes | learning rate at the last step; at most lr |"),
+            std::string::npos)
+      << reference;
+  EXPECT_NE(reference.find("| `train.device` | one of: auto, cpu, cuda | `\"auto\"` | no |"), std::string::npos) << reference;
 }
