@@ -397,11 +397,11 @@ StudyOutput routing_study(const SweepResults& r, const PaperReference*) {
       "(1 and 0 are perfectly balanced), dead_experts per layer got no token, positive_gates per token (KERN's "
       "ReLU can leave fewer than k), fewer_than_k the share of tokens with fewer than k positive gates, "
       "router_cosine the mean pairwise cosine similarity of the router's weight rows.");
-  using Field = double RoutingSummary::*;
+  using Field = double RoutingMeans::*;
   for (auto& g : group_jobs(r, {}, is_moe)) {
     auto row = key_cells(g, "ours", false, double(g.jobs.size()));
-    for (Field field : {&RoutingSummary::load_max_over_mean, &RoutingSummary::load_std, &RoutingSummary::dead_experts,
-                        &RoutingSummary::positive_gates, &RoutingSummary::fewer_than_k, &RoutingSummary::router_cosine})
+    for (Field field : {&RoutingMeans::load_max_over_mean, &RoutingMeans::load_std, &RoutingMeans::dead_experts,
+                        &RoutingMeans::positive_gates, &RoutingMeans::fewer_than_k, &RoutingMeans::router_cosine})
       row.push_back(Cell::of(group_mean(g, [&](const JobResult& job) {
         return job.routing ? std::optional<double>((*job.routing).*field) : std::nullopt;
       })));
@@ -488,13 +488,14 @@ Table missing_jobs_table(const SweepResults& r) {
   t.when_empty = "None: every job finished and has its final validation loss.";
   for (auto& job : r.jobs) {
     std::string why;
-    if (job.status == "failed") why = job.error.substr(0, job.error.find('\n'));
-    else if (!job.final_loss()) why = job.status == "done" ? "done but no final validation loss recorded" : "not finished";
-    if (job.eval_status.starts_with("failed")) why += (why.empty() ? "" : "; ") + std::string("evaluation ") + job.eval_status;
+    if (job.status == JobStatus::failed) why = job.error.substr(0, job.error.find('\n'));
+    else if (!job.final_loss()) why = job.status == JobStatus::done ? "done but no final validation loss recorded" : "not finished";
+    if (job.eval_status.stage == EvalStatus::Stage::failed)
+      why += (why.empty() ? "" : "; ") + std::string("evaluation ") + job.eval_status.text();
     if (why.empty()) continue;
     std::optional<double> last_step;
     if (!job.val_loss.empty()) last_step = double(job.val_loss.rbegin()->first);
-    t.add_row({Cell::of(job.id), Cell::of(job.name), Cell::of(job.router), Cell::of(job.status), Cell::of(last_step),
+    t.add_row({Cell::of(job.id), Cell::of(job.name), Cell::of(job.router), Cell::of(to_string(job.status)), Cell::of(last_step),
                Cell::of(double(job.config.train.steps)), Cell::of(why)});
   }
   return t;

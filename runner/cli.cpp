@@ -16,7 +16,6 @@
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/serve/completion_server.hpp"
-#include "db/store.hpp"
 #include "eval/lm_eval_driver.hpp"
 #include "reports/report.hpp"
 #include "engine/train/error_message.hpp"
@@ -168,29 +167,16 @@ int serve(const std::vector<std::string>& args) {
   return 0;
 }
 
-// The checkpoints of a job that `eval --every N` scores: multiples of N and the newest, if still on disk.
-std::vector<std::string> checkpoints_to_evaluate(const EvalOptions& opts, int every) {
-  Store store(opts.db_path);
-  auto rows = store.query("SELECT step, path FROM checkpoints WHERE job_id = '" + opts.job_id + "' ORDER BY step");
-  std::vector<std::string> paths;
-  for (size_t i = 0; i < rows.size(); ++i)
-    if ((std::stoi(rows[i][0]) % every == 0 || i + 1 == rows.size()) && std::filesystem::exists(rows[i][1]))
-      paths.push_back(rows[i][1]);
-  if (paths.empty()) throw std::runtime_error("--job " + opts.job_id + ": no checkpoint on disk to evaluate");
-  return paths;
-}
-
 int eval(const std::vector<std::string>& args) {
   EvalOptions opts;
   std::string tasks;
-  int every = 0;
   po::options_description options("moelab eval");
   options.add_options()
       ("job", po::value(&opts.job_id), "evaluate this job's newest checkpoint")
       ("checkpoint", po::value(&opts.checkpoint), "or this checkpoint (.pt)")
       ("tasks", po::value(&tasks), "comma-separated (default: arc_easy,arc_challenge,hellaswag,piqa,sciq,winogrande)")
       ("limit", po::value(&opts.limit)->default_value(0)->notifier(in_range("--limit", 0)), "documents per task (0: all); for testing only")
-      ("every", po::value(&every)->default_value(0)->notifier(in_range("--every", 0)),
+      ("every", po::value(&opts.every)->default_value(0)->notifier(in_range("--every", 0)),
        "with --job: every kept checkpoint at a multiple of this step, and the newest")
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
       ("output", po::value(&opts.output_dir), "where lm-eval writes its results and samples (default: beside the checkpoint)");
@@ -198,19 +184,16 @@ int eval(const std::vector<std::string>& args) {
   if (!parse_options(args, "eval (--job ID | --checkpoint PATH) [--tasks LIST] [--limit N] [--db FILE]", options, vm)) return 0;
   if (opts.job_id.empty() == opts.checkpoint.empty()) throw std::runtime_error("eval: give exactly one of --job and --checkpoint");
   if (!tasks.empty()) opts.tasks = split_list(tasks);
-  if (every > 0 && opts.job_id.empty()) throw std::runtime_error("eval: --every needs --job");
-  std::vector<std::string> checkpoints = {opts.checkpoint};
-  if (every > 0) checkpoints = checkpoints_to_evaluate(opts, every);
+  if (opts.every > 0 && opts.job_id.empty()) throw std::runtime_error("eval: --every needs --job");
   std::printf("%-9s %-14s %-9s %8s %8s %8s  %s\n", "ckpt", "task", "metric", "value", "stderr", "samples", "data");
-  for (auto& checkpoint : checkpoints) {
-    EvalOptions one = opts;
-    if (every > 0) one.checkpoint = checkpoint, one.job_id.clear();
-    for (auto& r : run_eval(one))
+  run_eval(opts, [](const std::string& checkpoint, const std::vector<TaskResult>& results) {
+    for (auto& r : results)
       std::printf("%-9s %-14s %-9s %8.4f %8s %8lld  %s\n", std::filesystem::path(checkpoint.empty() ? "newest" : checkpoint).stem().c_str(),
                   r.task.c_str(), r.metric.c_str(), r.value,
                   r.stderr_value ? std::to_string(*r.stderr_value).substr(0, 6).c_str() : "-", (long long)r.samples,
                   r.source.c_str());
-  }
+    std::fflush(stdout);
+  });
   return 0;
 }
 

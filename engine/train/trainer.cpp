@@ -133,7 +133,7 @@ class Trainer {
     if (launch_.rank == 0) {
       store_.emplace(options_.db_path);
       store_->upsert_job(JobRow{job_id_, config_.name, "", config_.to_json().dump(), "{}", config_.train.steps});
-      store_->set_job_status(job_id_, "running");
+      store_->set_job_status(job_id_, JobStatus::running);
       std::string started = resumed_.step ? "resumed from step " + std::to_string(resumed_.step) : "started";
       if (launch_.distributed()) started += " on " + std::to_string(launch_.world_size) + " data-parallel ranks";
       store_->log_event(job_id_, "info", started);
@@ -417,12 +417,12 @@ class Trainer {
     try {
       record_peak_memory();
       if (code == kExitOk) {
-        store_->set_job_status(job_id_, "done", "", code);
+        store_->set_job_status(job_id_, JobStatus::done, "", code);
       } else if (code == kExitInterrupted) {
-        store_->set_job_status(job_id_, "interrupted", "", code);
+        store_->set_job_status(job_id_, JobStatus::interrupted, "", code);
         store_->log_event(job_id_, "info", "interrupted; checkpoint written, resume with --resume");
       } else {
-        store_->set_job_status(job_id_, "failed", error_, code);
+        store_->set_job_status(job_id_, JobStatus::failed, error_, code);
         store_->log_event(job_id_, "error", error_);
       }
     } catch (const std::exception& e) {
