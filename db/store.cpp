@@ -349,13 +349,14 @@ void Store::upsert_sweep(const std::string& name, const std::string& spec_json) 
 
 namespace {
 
-// A stored status column; a value no moelab writes means the file was edited or damaged.
+// A stored status column of `whose` ("job <id>"); a value no moelab writes means the file was
+// edited or damaged.
 template <typename T>
-T parse_stored(const std::string& path, const std::string& job_id, T (*parse)(std::string_view), const std::string& text) {
+T parse_stored(const std::string& path, const std::string& whose, T (*parse)(std::string_view), const std::string& text) {
   try {
     return parse(text);
   } catch (const std::invalid_argument& e) {
-    throw StoreError(path + ": job " + job_id + ": " + e.what());
+    throw StoreError(path + ": " + whose + ": " + e.what());
   }
 }
 
@@ -365,21 +366,21 @@ constexpr const char* kStateColumns = "j.status, j.attempts, j.error, j.executor
 }  // namespace
 
 JobState Store::read_state(const Statement& s, int first, const std::string& job_id) const {
-  return JobState{.status = parse_stored(path_, job_id, parse_job_status, s.text(first)),
+  return JobState{.status = parse_stored(path_, "job " + job_id, parse_job_status, s.text(first)),
                   .attempts = int(s.integer(first + 1)),
                   .error = s.text(first + 2),
                   .executor = s.text(first + 3),
                   .executor_id = s.text(first + 4),
                   .host = s.text(first + 5),
                   .run_dir = s.text(first + 6),
-                  .eval = parse_stored(path_, job_id, EvalStatus::parse, s.text(first + 7))};
+                  .eval = parse_stored(path_, "job " + job_id, EvalStatus::parse, s.text(first + 7))};
 }
 
 std::optional<JobStatus> Store::job_status(const std::string& job_id) const {
   Statement s = statement("SELECT status FROM jobs WHERE id = ?");
   s.bind(job_id);
   if (!s.next_row()) return std::nullopt;
-  return parse_stored(path_, job_id, parse_job_status, s.text(0));
+  return parse_stored(path_, "job " + job_id, parse_job_status, s.text(0));
 }
 
 std::optional<JobState> Store::job_state(const std::string& job_id) const {
@@ -407,7 +408,7 @@ std::vector<StatusCount> Store::status_counts(const std::string& sweep) const {
       "GROUP BY status ORDER BY status");
   s.bind(sweep);
   std::vector<StatusCount> counts;
-  while (s.next_row()) counts.push_back({parse_stored(path_, "(any)", parse_job_status, s.text(0)), int(s.integer(1))});
+  while (s.next_row()) counts.push_back({parse_stored(path_, "a job of sweep '" + sweep + "'", parse_job_status, s.text(0)), int(s.integer(1))});
   return counts;
 }
 
@@ -429,7 +430,7 @@ std::vector<JobProgress> Store::job_progress(const std::string& sweep) const {
     const std::string id = s.text(0);
     jobs.push_back(JobProgress{.id = id,
                                .name = s.text(1),
-                               .status = parse_stored(path_, id, parse_job_status, s.text(2)),
+                               .status = parse_stored(path_, "job " + id, parse_job_status, s.text(2)),
                                .step = s.integer(3),
                                .total_steps = int(s.integer(4)),
                                .train_loss = s.optional_real(5),
@@ -439,7 +440,7 @@ std::vector<JobProgress> Store::job_progress(const std::string& sweep) const {
                                .peak_gpu_bytes = s.optional_integer(9),
                                .executor_id = s.text(10),
                                .attempts = int(s.integer(11)),
-                               .eval = parse_stored(path_, id, EvalStatus::parse, s.text(12)),
+                               .eval = parse_stored(path_, "job " + id, EvalStatus::parse, s.text(12)),
                                .axes_json = s.text(13)});
   }
   return jobs;

@@ -70,11 +70,6 @@ fs::path newest_results_file(const fs::path& dir) {
 
 }  // namespace
 
-const std::vector<std::string>& paper_tasks() {
-  static const std::vector<std::string> tasks = {"arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande"};
-  return tasks;
-}
-
 namespace {
 
 std::vector<TaskResult> evaluate(const EvalOptions& o, Store& store, Scorer& scorer, const fs::path& assets,
@@ -115,8 +110,11 @@ void run_eval(const EvalOptions& o, const EvalResults& on_results) {
     throw std::runtime_error((assets / "sources.json").string() + ": evaluation data not prepared; run scripts/setup.sh");
   }
   for (auto& task : o.tasks) {
-    if (std::find(paper_tasks().begin(), paper_tasks().end(), task) == paper_tasks().end())
-      throw std::runtime_error("--tasks: unknown task \"" + task + "\" (known: arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande)");
+    try {
+      eval_task(task);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(std::string("--tasks: ") + e.what());
+    }
     if (!sources.contains(task) || !fs::exists(assets / "tasks" / ("moelab_" + task + ".yaml")))
       throw std::runtime_error("task " + task + ": no prepared data in " + assets.string() + "; run scripts/setup.sh");
   }

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-namespace moelab {
+#include "db/default_paths.hpp"
+#include "eval/tasks.hpp"
 
-// The six zero-shot tasks of the KERN paper's Table 1.
-const std::vector<std::string>& paper_tasks();
+namespace moelab {
 
 // The max_length lm-eval is given: it left-truncates requests longer than this, and the server scores
 // anything shorter with a sliding window over the model's context (Scorer::score). At least 2048
@@ -23,9 +23,9 @@ struct EvalOptions {
   std::string checkpoint;        // a .pt file, or empty with job_id set
   std::string job_id;            // evaluate this job's newest checkpoint (from the store)
   int every = 0;                 // with job_id: each kept checkpoint at a multiple of this step, and the newest
-  std::vector<std::string> tasks = paper_tasks();
+  std::vector<std::string> tasks = eval_task_names();
   int limit = 0;                 // documents per task; 0: all
-  std::string db_path = "runs/moelab.db";
+  std::string db_path = kDefaultStorePath;
   std::string python;            // the venv's python with lm-eval; default <source>/.venv/bin/python
   std::string assets;            // prepared task data and configs; default <assets_dir()>/eval
   std::string output_dir;        // lm-eval's own output (results and samples); default beside the checkpoint

@@ -5,6 +5,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "eval/tasks.hpp"
 #include "reports/statistics.hpp"
 
 namespace moelab {
@@ -340,15 +341,15 @@ StudyOutput granularity_study(const SweepResults& r, const PaperReference* paper
 
 StudyOutput downstream_study(const SweepResults& r, const PaperReference* paper) {
   std::vector<std::string> tasks;
-  for (auto& task : std::vector<std::string>{"arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande"})
+  for (auto& task : eval_tasks())
     for (auto& job : r.jobs)
-      if (job.evals.count(task + "/" + downstream_metric(task))) {
-        tasks.push_back(task);
+      if (job.evals.count(task.name + "/" + task.metric)) {
+        tasks.push_back(task.name);
         break;
       }
   Table t{.name = "downstream", .title = "Zero-shot accuracy (%) per task (paper Table 1)"};
   t.columns = key_columns(r, {}, paper != nullptr);
-  for (auto& task : tasks) t.columns.push_back({task + " (" + downstream_metric(task) + ")", 2});
+  for (auto& task : tasks) t.columns.push_back({task + " (" + eval_task(task).metric + ")", 2});
   t.columns.push_back({"avg", 2});
   t.notes.push_back("Accuracy in percent at each job's newest evaluated checkpoint, mean over seeds; each column "
                     "names its metric (acc_norm: normalised by length). avg is over the columns shown and needs all "
@@ -359,7 +360,7 @@ StudyOutput downstream_study(const SweepResults& r, const PaperReference* paper)
     std::vector<double> scores;
     for (auto& task : tasks) {
       auto score = group_mean(g, [&](const JobResult& job) -> std::optional<double> {
-        auto it = job.evals.find(task + "/" + downstream_metric(task));
+        auto it = job.evals.find(task + "/" + eval_task(task).metric);
         return it == job.evals.end() ? std::nullopt : std::optional<double>(100 * it->second.value);
       });
       row.push_back(Cell::of(score));
@@ -435,12 +436,6 @@ Study parse_study(const std::string& name) {
     if (study_name(study) == name) return study;
   throw std::invalid_argument("--study: unknown study \"" + name +
                               "\" (expected routers, seeds, sparsity, granularity, downstream, routing or all)");
-}
-
-std::string downstream_metric(const std::string& task) {
-  // Length-normalised where the answers differ much in length, as is usual for these tasks.
-  static const std::set<std::string> normalised = {"arc_challenge", "hellaswag", "piqa"};
-  return normalised.count(task) ? "acc_norm" : "acc";
 }
 
 StudyOutput build_study(Study study, const SweepResults& results, const PaperReference* paper) {

@@ -12,6 +12,7 @@
 #include <functional>
 #include <iostream>
 
+#include "db/default_paths.hpp"
 #include "engine/config/job_config.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
@@ -94,7 +95,7 @@ int train(const std::vector<std::string>& args) {
       ("config", po::value(&config_path)->required(), "job config JSON")
       ("set", po::value(&overrides)->composing(), "PATH=VALUE: override a config field, e.g. model.router=softmax")
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
-      ("run-dir", po::value(&opts.run_dir), "checkpoint directory (default runs/<job id>)")
+      ("run-dir", po::value(&opts.run_dir), ("checkpoint directory (default " + default_job_run_dir("<job id>") + ")").c_str())
       ("resume", po::bool_switch(&opts.resume), "continue from the newest checkpoint in --run-dir, if any")
       ("stop-after", po::value(&opts.stop_after)->default_value(0)->notifier(in_range("--stop-after", 0)),
        "checkpoint and stop after this step, as if interrupted")
@@ -174,7 +175,7 @@ int eval(const std::vector<std::string>& args) {
   options.add_options()
       ("job", po::value(&opts.job_id), "evaluate this job's newest checkpoint")
       ("checkpoint", po::value(&opts.checkpoint), "or this checkpoint (.pt)")
-      ("tasks", po::value(&tasks), "comma-separated (default: arc_easy,arc_challenge,hellaswag,piqa,sciq,winogrande)")
+      ("tasks", po::value(&tasks), ("comma-separated (default: " + eval_task_list(",") + ")").c_str())
       ("limit", po::value(&opts.limit)->default_value(0)->notifier(in_range("--limit", 0)), "documents per task (0: all); for testing only")
       ("every", po::value(&opts.every)->default_value(0)->notifier(in_range("--every", 0)),
        "with --job: every kept checkpoint at a multiple of this step, and the newest")
@@ -221,23 +222,24 @@ int report(const std::vector<std::string>& args) {
   return 0;
 }
 
-int data_command(const std::vector<std::string>& args) {
-  static const Commands commands = {
-      {"prepare", "tokenize a corpus into train.bin, val.bin and meta.json", data_prepare},
-      {"verify", "check token files against meta.json (size, SHA-256, ids within the vocabulary)", data_verify}};
-  return dispatch("data", commands, args);
-}
-
+// Every command of `moelab`, groups with their subcommands: the one table that dispatch and --help read.
 const Commands& commands() {
   static const Commands table = {
-      {"data", "tokenize a corpus into token files", data_command},
+      {"data", "tokenize a corpus into token files", {},
+       {{"prepare", "tokenize a corpus into train.bin, val.bin and meta.json", data_prepare},
+        {"verify", "check token files against meta.json (size, SHA-256, ids within the vocabulary)", data_verify}}},
       {"params", "parameter counts and FLOPs of a config", params},
       {"train", "train one job", train},
       {"eval", "score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval},
       {"serve", "serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve},
-      {"sweep", "expand a sweep spec into jobs, run them and follow them", sweep_command},
+      {"sweep", "expand a sweep spec into jobs, run them and follow them", {},
+       {{"plan", "list the jobs a sweep spec expands to, with their status in the store", sweep_plan},
+        {"run", "run the spec's unfinished jobs (local processes or a Slurm array)", sweep_run},
+        {"status", "progress, losses and ETA of a sweep's jobs", sweep_status},
+        {"cancel", "stop a sweep's running jobs (they checkpoint) and cancel the rest", sweep_cancel}}},
       {"report", "the paper's tables and plots for a sweep (markdown, CSV, PNG, SVG)", report},
-      {"db", "read-only SQL questions to the store", db_command},
+      {"db", "read-only SQL questions to the store", {},
+       {{"query", "a read-only SQL statement against the store, as a table", db_query}}},
   };
   return table;
 }

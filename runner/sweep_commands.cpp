@@ -1,4 +1,4 @@
-// `moelab sweep plan|run|status|cancel` and `moelab db query`.
+// `moelab sweep plan|run|status|cancel` and `moelab db query` (runner/cli.cpp's table dispatches them).
 #include "runner/sweep_commands.hpp"
 
 #include <fcntl.h>
@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "db/default_paths.hpp"
 #include "db/store.hpp"
 #include "engine/train/run_dir_lock.hpp"
 #include "runner/command_line.hpp"
@@ -52,7 +53,9 @@ void print_table(const std::vector<std::string>& header, const std::vector<std::
   for (auto& row : rows) print_row(row);
 }
 
-int plan(const std::vector<std::string>& args) {
+}  // namespace
+
+int sweep_plan(const std::vector<std::string>& args) {
   std::string spec_path, db_path;
   po::options_description options("moelab sweep plan");
   options.add_options()("spec", po::value(&spec_path)->required(), "sweep spec JSON")("json", "print jobs as JSON")(
@@ -81,6 +84,8 @@ int plan(const std::vector<std::string>& args) {
   std::printf("%zu jobs in sweep %s\n", jobs.size(), spec.name.c_str());
   return 0;
 }
+
+namespace {
 
 int visible_gpus() {
   if (const char* env = std::getenv("CUDA_VISIBLE_DEVICES"); env && *env) {
@@ -146,7 +151,9 @@ bool run_in_background(ProcessLock& runner, const std::string& log) {
   return false;
 }
 
-int run(const std::vector<std::string>& args) {
+}  // namespace
+
+int sweep_run(const std::vector<std::string>& args) {
   std::string spec_path, executor;
   LocalRun local;
   po::options_description options("moelab sweep run");
@@ -157,8 +164,8 @@ int run(const std::vector<std::string>& args) {
       ("jobs", po::value(&local.jobs)->default_value(0)->notifier(in_range("--jobs", 0)),
        "concurrent local jobs (default: the spec's local.jobs, else 1)")
       ("ranks", po::value(&local.ranks)->default_value(0), "data-parallel processes per local job (default: the spec's local.ranks)")
-      ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
-      ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)")
+      ("db", po::value(&local.db_path)->default_value(kDefaultStorePath), "SQLite store")
+      ("workdir", po::value(&local.workdir), ("run directories (default " + default_sweep_workdir("<sweep name>") + ")").c_str())
       ("detach", "run in the background, logging to <workdir>/runner.log; prints its pid and returns");
   po::positional_options_description positional;
   positional.add("spec", 1);
@@ -170,7 +177,7 @@ int run(const std::vector<std::string>& args) {
   auto spec = load_sweep_spec(spec_path);
   auto jobs = expand(spec);  // a bad spec fails here, before the store is touched
   // Absolute, so that `sweep status` and `sweep cancel` find it from the run directories in the store.
-  local.workdir = std::filesystem::absolute(local.workdir.empty() ? "runs/" + spec.name : local.workdir).lexically_normal().string();
+  local.workdir = std::filesystem::absolute(local.workdir.empty() ? default_sweep_workdir(spec.name) : local.workdir).lexically_normal().string();
   local.gpus = visible_gpus();
   if (executor == kLocalExecutor) check_local_ranks(jobs, spec, local);
   local.max_attempts = spec.max_attempts;
@@ -194,8 +201,6 @@ int run(const std::vector<std::string>& args) {
                      SlurmRun{local.db_path, local.workdir, local.moelab_binary, spec.max_attempts, !vm.count("no-wait")});
   return run_local(jobs, spec, local);
 }
-
-}  // namespace
 
 namespace {
 
@@ -254,7 +259,7 @@ struct LiveRunner {
 };
 
 std::vector<LiveRunner> live_runners(const Store& store, const std::string& sweep) {
-  std::set<std::string> workdirs = {std::filesystem::absolute("runs/" + sweep).lexically_normal().string()};
+  std::set<std::string> workdirs = {std::filesystem::absolute(default_sweep_workdir(sweep)).lexically_normal().string()};
   for (auto& dir : store.sweep_run_dirs(sweep)) workdirs.insert(std::filesystem::path(dir).parent_path().string());
   std::vector<LiveRunner> live;
   for (auto& workdir : workdirs) {
@@ -276,11 +281,13 @@ void print_runners(const Store& store, const std::string& sweep) {
                 r.log.empty() ? "" : (", log " + r.log).c_str());
 }
 
-int status(const std::vector<std::string>& args) {
+}  // namespace
+
+int sweep_status(const std::vector<std::string>& args) {
   std::string sweep, db_path;
   po::options_description options("moelab sweep status");
   options.add_options()("name", po::value(&sweep), "sweep name (default: every job)")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store")("watch", "refresh every 2 s while jobs run");
+      "db", po::value(&db_path)->default_value(kDefaultStorePath), "SQLite store")("watch", "refresh every 2 s while jobs run");
   po::positional_options_description positional;
   positional.add("name", 1);
   po::variables_map vm;
@@ -303,11 +310,11 @@ int status(const std::vector<std::string>& args) {
 // The sweep's runners and the trainers of its unfinished jobs on this host get SIGTERM (trainers
 // checkpoint; a runner tells its jobs to), found by the locks they hold, so that trainers whose
 // runner died are stopped too; then every unfinished job is marked cancelled.
-int cancel(const std::vector<std::string>& args) {
+int sweep_cancel(const std::vector<std::string>& args) {
   std::string sweep, db_path;
   po::options_description options("moelab sweep cancel");
   options.add_options()("name", po::value(&sweep)->required(), "sweep name")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store");
+      "db", po::value(&db_path)->default_value(kDefaultStorePath), "SQLite store");
   po::positional_options_description positional;
   positional.add("name", 1);
   po::variables_map vm;
@@ -347,12 +354,12 @@ int cancel(const std::vector<std::string>& args) {
   return 0;
 }
 
-int query(const std::vector<std::string>& args) {
+int db_query(const std::vector<std::string>& args) {
   std::string sql, db_path;
   double time_limit = 0;
   po::options_description options("moelab db query");
   options.add_options()("sql", po::value(&sql)->required(), "one read-only SQL statement")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store")(
+      "db", po::value(&db_path)->default_value(kDefaultStorePath), "SQLite store")(
       "time-limit", po::value(&time_limit)->default_value(30), "seconds the query may run before it is stopped");
   po::positional_options_description positional;
   positional.add("sql", 1);
@@ -363,23 +370,6 @@ int query(const std::vector<std::string>& args) {
   auto table = read_only_query(db_path, sql, std::chrono::milliseconds(int64_t(time_limit * 1000)));
   print_table(table.columns, table.rows);
   return 0;
-}
-
-}  // namespace
-
-int sweep_command(const std::vector<std::string>& args) {
-  static const Commands commands = {
-      {"plan", "list the jobs a sweep spec expands to, with their status in the store", plan},
-      {"run", "run the spec's unfinished jobs (local processes or a Slurm array)", run},
-      {"status", "progress, losses and ETA of a sweep's jobs", status},
-      {"cancel", "stop a sweep's running jobs (they checkpoint) and cancel the rest", cancel},
-  };
-  return dispatch("sweep", commands, args);
-}
-
-int db_command(const std::vector<std::string>& args) {
-  static const Commands commands = {{"query", "a read-only SQL statement against the store, as a table", query}};
-  return dispatch("db", commands, args);
 }
 
 }  // namespace moelab

@@ -467,7 +467,7 @@ void install_stop_handlers() {
 int train_job(const JobConfig& config, const TrainOptions& options) {
   const LaunchRank launch = launch_rank_from_environment();  // data_parallel.hpp: the launch contract
   TrainOptions resolved = options;
-  if (resolved.run_dir.empty()) resolved.run_dir = (std::filesystem::path("runs") / config.hash()).string();
+  if (resolved.run_dir.empty()) resolved.run_dir = default_job_run_dir(config.hash());
   resolved.progress = options.progress && launch.rank == 0;
   const bool new_run_dir = !std::filesystem::exists(resolved.run_dir);
   std::optional<ProcessLock> lock;  // rank 0 writes, so rank 0 holds the run directory

@@ -771,7 +771,7 @@ TEST(SqlPlace, NoSqlOutsideDb) {
   const fs::path root = MOELAB_SOURCE_DIR;
   const std::regex sql(R"((SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|PRAGMA\s+\w|ATTACH\s+DATABASE|CREATE\s+(TABLE|VIEW|INDEX)))");
   std::vector<std::string> found;
-  for (auto folder : {"runner", "engine", "eval", "reports", "scripts"}) {
+  for (auto folder : {"runner", "engine", "eval", "reports", "scripts", "bench"}) {
     for (auto& entry : fs::recursive_directory_iterator(root / folder)) {
       const auto ext = entry.path().extension();
       if (ext != ".cpp" && ext != ".hpp" && ext != ".py" && ext != ".sh") continue;
