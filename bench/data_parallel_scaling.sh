@@ -19,7 +19,7 @@ COMMON=(--set train.steps=60 --set train.log_every=10 --set train.eval_every=60 
         --set train.eval_batches=2 --set train.micro_batch=${MICRO_BATCH:-8})
 
 median_tokens_per_s() {
-  sqlite3 "$1" "SELECT tokens_per_s FROM metrics WHERE split = 'train' AND step > 10" | sort -n |
+  "$MOELAB" db query "SELECT tokens_per_s FROM metrics WHERE split = 'train' AND step > 10" --db "$1" | tail -n +2 | sort -n |
     awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'
 }
 

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -182,8 +181,9 @@ def engine_tokens_per_s(binary, side, config_path, steps, work, run):
                     "--set", f"train.steps={steps}", "--set", f"train.log_every={LOG_EVERY}",
                     "--set", f"train.eval_every={steps}", "--set", f"train.checkpoint_every={steps}",
                     "--set", "train.eval_batches=1", *graph], check=True, env=env)
-    with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT tokens_per_s, loss FROM metrics WHERE split = 'train' ORDER BY step").fetchall()
+    sql = "SELECT tokens_per_s, loss FROM metrics WHERE split = 'train' ORDER BY step"  # through db query
+    table = subprocess.run([MOELAB, "db", "query", sql, "--db", db], check=True, capture_output=True, text=True).stdout
+    rows = [tuple(float(v) for v in line.split()) for line in table.splitlines()[1:]]
     # The first interval holds the warm-up. The last loss: engine sides train the same model on the
     # same data, so theirs agree to bf16's run-to-run noise, a check that a variant computes the same.
     return statistics.median(r[0] for r in rows[1:]), rows[-1][1]

@@ -75,9 +75,6 @@ void use_wal(sqlite3* db) {
   }
 }
 
-const std::set<std::string> kJobStatuses = {"queued", "running", "done", "failed", "interrupted", "cancelled"};
-const std::set<std::string> kTerminalStatuses = {"done", "failed", "interrupted", "cancelled"};
-
 // Checks that the file is one of ours: SQLite (reading fails otherwise), not from a newer moelab,
 // and not some other program's database (tables but version 0).
 // Version and tables are read in one statement, hence one snapshot: a store that another process is
@@ -139,6 +136,15 @@ class Statement {
   std::string text(int column) const {
     auto p = sqlite3_column_text(stmt_, column);
     return p ? reinterpret_cast<const char*>(p) : "";
+  }
+  int64_t integer(int column) const { return sqlite3_column_int64(stmt_, column); }
+  double real(int column) const { return sqlite3_column_double(stmt_, column); }
+  bool is_null(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
+  std::optional<int64_t> optional_integer(int column) const {
+    return is_null(column) ? std::nullopt : std::optional<int64_t>(integer(column));
+  }
+  std::optional<double> optional_real(int column) const {
+    return is_null(column) ? std::nullopt : std::optional<double>(real(column));
   }
   int columns() const { return sqlite3_column_count(stmt_); }
   std::string column_name(int column) const { return sqlite3_column_name(stmt_, column); }
@@ -239,16 +245,6 @@ void Store::transaction(const std::function<void()>& fn) {
   }
 }
 
-std::string sql_quote(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
-  return out + "'";
-}
-
-std::string in_sweep(const std::string& sweep, const std::string& id_column) {
-  return id_column + " IN (SELECT job_id FROM sweep_jobs WHERE sweep = " + sql_quote(sweep) + ")";
-}
-
 void Store::upsert_job(const JobRow& job) {
   statement(
             "INSERT INTO jobs (id, name, sweep, config_json, axes_json, total_steps, created_at) VALUES (?,?,?,?,?,?,?) "
@@ -266,17 +262,14 @@ void Store::upsert_job(const JobRow& job) {
       .run();
 }
 
-void Store::set_job_status(const std::string& job_id, const std::string& status, const std::string& error,
+void Store::set_job_status(const std::string& job_id, JobStatus status, const std::string& error,
                            std::optional<int> exit_code) {
-  if (!kJobStatuses.count(status))
-    throw StoreError("set_job_status: unknown status '" + status + "' for job " + job_id +
-                     " (expected queued, running, done, failed, interrupted or cancelled)");
-  const bool running = status == "running";
-  const bool terminal = kTerminalStatuses.count(status) > 0;
+  const bool running = status == JobStatus::running;
+  const bool terminal = is_terminal(status);
   int changed = statement("UPDATE jobs SET status = ?, error = ?, exit_code = ?, "
                           "attempts = attempts + ?, started_at = CASE WHEN ? THEN ? ELSE started_at END, "
                           "finished_at = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE finished_at END WHERE id = ?")
-                    .bind(status).bind(error).bind(exit_code).bind(int(running)).bind(int(running)).bind(now_seconds())
+                    .bind(to_string(status)).bind(error).bind(exit_code).bind(int(running)).bind(int(running)).bind(now_seconds())
                     .bind(int(terminal)).bind(now_seconds()).bind(int(running)).bind(job_id)
                     .run();
   if (changed == 0) throw StoreError("set_job_status: no job " + job_id);
@@ -336,9 +329,9 @@ void Store::record_peak_memory(const std::string& job_id, int64_t resident_bytes
       .run();
 }
 
-void Store::set_eval_status(const std::string& job_id, const std::string& eval_status) {
+void Store::set_eval_status(const std::string& job_id, const EvalStatus& eval_status) {
   require_job(job_id, "jobs");
-  statement("UPDATE jobs SET eval_status = ? WHERE id = ?").bind(eval_status).bind(job_id).run();
+  statement("UPDATE jobs SET eval_status = ? WHERE id = ?").bind(eval_status.text()).bind(job_id).run();
 }
 
 void Store::count_attempt(const std::string& job_id) {
@@ -354,18 +347,103 @@ void Store::upsert_sweep(const std::string& name, const std::string& spec_json) 
       .run();
 }
 
-std::optional<std::string> Store::job_status(const std::string& job_id) const {
+namespace {
+
+// A stored status column of `whose` ("job <id>"); a value no moelab writes means the file was
+// edited or damaged.
+template <typename T>
+T parse_stored(const std::string& path, const std::string& whose, T (*parse)(std::string_view), const std::string& text) {
+  try {
+    return parse(text);
+  } catch (const std::invalid_argument& e) {
+    throw StoreError(path + ": " + whose + ": " + e.what());
+  }
+}
+
+// The columns JobState reads, in its order, for a query over `jobs j`.
+constexpr const char* kStateColumns = "j.status, j.attempts, j.error, j.executor, j.executor_id, j.host, j.run_dir, j.eval_status";
+
+}  // namespace
+
+JobState Store::read_state(const Statement& s, int first, const std::string& job_id) const {
+  return JobState{.status = parse_stored(path_, "job " + job_id, parse_job_status, s.text(first)),
+                  .attempts = int(s.integer(first + 1)),
+                  .error = s.text(first + 2),
+                  .executor = s.text(first + 3),
+                  .executor_id = s.text(first + 4),
+                  .host = s.text(first + 5),
+                  .run_dir = s.text(first + 6),
+                  .eval = parse_stored(path_, "job " + job_id, EvalStatus::parse, s.text(first + 7))};
+}
+
+std::optional<JobStatus> Store::job_status(const std::string& job_id) const {
   Statement s = statement("SELECT status FROM jobs WHERE id = ?");
   s.bind(job_id);
   if (!s.next_row()) return std::nullopt;
-  return s.text(0);
+  return parse_stored(path_, "job " + job_id, parse_job_status, s.text(0));
 }
 
 std::optional<JobState> Store::job_state(const std::string& job_id) const {
-  Statement s = statement("SELECT status, attempts, error, host, run_dir FROM jobs WHERE id = ?");
+  Statement s = statement(std::string("SELECT ") + kStateColumns + " FROM jobs j WHERE j.id = ?");
   s.bind(job_id);
   if (!s.next_row()) return std::nullopt;
-  return JobState{s.text(0), std::stoi(s.text(1)), s.text(2), s.text(3), s.text(4)};
+  return read_state(s, 0, job_id);
+}
+
+std::vector<SweepJob> Store::sweep_jobs(const std::string& sweep) const {
+  Statement s = statement(std::string("SELECT j.id, j.name, j.config_json, m.axes_json, j.total_steps, ") + kStateColumns +
+                          " FROM sweep_jobs m JOIN jobs j ON j.id = m.job_id WHERE m.sweep = ? ORDER BY j.id");
+  s.bind(sweep);
+  std::vector<SweepJob> jobs;
+  while (s.next_row()) {
+    const std::string id = s.text(0);
+    jobs.push_back({JobRow{id, s.text(1), sweep, s.text(2), s.text(3), int(s.integer(4))}, read_state(s, 5, id)});
+  }
+  return jobs;
+}
+
+std::vector<StatusCount> Store::status_counts(const std::string& sweep) const {
+  Statement s = statement(
+      "SELECT status, count(*) FROM jobs WHERE ?1 = '' OR id IN (SELECT job_id FROM sweep_jobs WHERE sweep = ?1) "
+      "GROUP BY status ORDER BY status");
+  s.bind(sweep);
+  std::vector<StatusCount> counts;
+  while (s.next_row()) counts.push_back({parse_stored(path_, "a job of sweep '" + sweep + "'", parse_job_status, s.text(0)), int(s.integer(1))});
+  return counts;
+}
+
+std::vector<JobProgress> Store::job_progress(const std::string& sweep) const {
+  // ETA: remaining steps x tokens per step / the last logged tokens per second.
+  Statement s = statement(
+      "SELECT j.id, j.name, j.status, ifnull(p.step, 0), j.total_steps, p.train_loss, "
+      "(SELECT loss FROM latest_val_loss v WHERE v.job_id = j.id), "
+      "(SELECT (j.total_steps - m.step) * json_extract(j.config_json, '$.train.batch_size') * "
+      "   json_extract(j.config_json, '$.model.seq_len') / m.tokens_per_s FROM metrics m "
+      "   WHERE m.job_id = j.id AND m.split = 'train' AND m.tokens_per_s > 0 AND j.status = ?2 "
+      "   ORDER BY m.step DESC LIMIT 1), "
+      "j.peak_resident_bytes, j.peak_gpu_bytes, j.executor_id, j.attempts, j.eval_status, j.axes_json "
+      "FROM jobs j JOIN job_progress p ON p.job_id = j.id "
+      "WHERE ?1 = '' OR j.id IN (SELECT job_id FROM sweep_jobs WHERE sweep = ?1) ORDER BY j.name");
+  s.bind(sweep).bind(to_string(JobStatus::running));
+  std::vector<JobProgress> jobs;
+  while (s.next_row()) {
+    const std::string id = s.text(0);
+    jobs.push_back(JobProgress{.id = id,
+                               .name = s.text(1),
+                               .status = parse_stored(path_, "job " + id, parse_job_status, s.text(2)),
+                               .step = s.integer(3),
+                               .total_steps = int(s.integer(4)),
+                               .train_loss = s.optional_real(5),
+                               .val_loss = s.optional_real(6),
+                               .eta_seconds = s.optional_real(7),
+                               .peak_resident_bytes = s.optional_integer(8),
+                               .peak_gpu_bytes = s.optional_integer(9),
+                               .executor_id = s.text(10),
+                               .attempts = int(s.integer(11)),
+                               .eval = parse_stored(path_, "job " + id, EvalStatus::parse, s.text(12)),
+                               .axes_json = s.text(13)});
+  }
+  return jobs;
 }
 
 std::vector<std::string> Store::sweep_run_dirs(const std::string& sweep) const {
@@ -376,6 +454,56 @@ std::vector<std::string> Store::sweep_run_dirs(const std::string& sweep) const {
   std::vector<std::string> dirs;
   while (s.next_row()) dirs.push_back(s.text(0));
   return dirs;
+}
+
+std::vector<std::string> Store::sweep_names() const {
+  Statement s = statement("SELECT DISTINCT sweep FROM sweep_jobs ORDER BY sweep");
+  std::vector<std::string> names;
+  while (s.next_row()) names.push_back(s.text(0));
+  return names;
+}
+
+std::vector<CheckpointRow> Store::checkpoints(const std::string& job_id) const {
+  Statement s = statement("SELECT step, path, sha256 FROM checkpoints WHERE job_id = ? ORDER BY step");
+  s.bind(job_id);
+  std::vector<CheckpointRow> rows;
+  while (s.next_row()) rows.push_back({job_id, s.integer(0), s.text(1), s.text(2)});
+  return rows;
+}
+
+std::vector<MetricRow> Store::sweep_metrics(const std::string& sweep, const std::string& split) const {
+  Statement s = statement(
+      "SELECT job_id, step, loss, tokens, lr, grad_norm, tokens_per_s, wall_time FROM metrics "
+      "WHERE split = ? AND job_id IN (SELECT job_id FROM sweep_jobs WHERE sweep = ?) ORDER BY job_id, step");
+  s.bind(split).bind(sweep);
+  std::vector<MetricRow> rows;
+  while (s.next_row())
+    rows.push_back({s.text(0), s.integer(1), split, s.real(2), s.integer(3), s.real(4), s.real(5), s.real(6), s.real(7)});
+  return rows;
+}
+
+std::vector<EvalRow> Store::sweep_evals(const std::string& sweep) const {
+  Statement s = statement(
+      "SELECT job_id, step, task, metric, value, stderr, samples, source FROM evals "
+      "WHERE job_id IN (SELECT job_id FROM sweep_jobs WHERE sweep = ?) ORDER BY step");
+  s.bind(sweep);
+  std::vector<EvalRow> rows;
+  while (s.next_row())
+    rows.push_back({s.text(0), s.integer(1), s.text(2), s.text(3), s.real(4), s.optional_real(5), s.integer(6), s.text(7)});
+  return rows;
+}
+
+std::vector<RoutingMeans> Store::sweep_routing_means(const std::string& sweep) const {
+  Statement s = statement(
+      "SELECT t.job_id, t.step, avg(load_std), avg(load_max_over_mean), avg(dead_experts), avg(positive_gates), "
+      "avg(fewer_than_k), avg(router_cosine) FROM routing_stats t "
+      "WHERE t.job_id IN (SELECT job_id FROM sweep_jobs WHERE sweep = ?) "
+      "AND t.step = (SELECT max(step) FROM routing_stats WHERE job_id = t.job_id) GROUP BY t.job_id, t.step");
+  s.bind(sweep);
+  std::vector<RoutingMeans> rows;
+  while (s.next_row())
+    rows.push_back({s.text(0), s.integer(1), s.real(2), s.real(3), s.real(4), s.real(5), s.real(6), s.real(7)});
+  return rows;
 }
 
 void Store::require_job(const std::string& job_id, const char* table) const {

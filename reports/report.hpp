@@ -5,12 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "db/default_paths.hpp"
 #include "reports/studies.hpp"
 
 namespace moelab {
 
 struct ReportOptions {
-  std::string db_path = "runs/moelab.db";
+  std::string db_path = kDefaultStorePath;
   std::string sweep;
   std::vector<Study> studies;            // empty: every study that applies to the sweep
   std::vector<std::string> formats = {"md", "csv", "png", "svg"};

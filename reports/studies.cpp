@@ -5,6 +5,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "eval/tasks.hpp"
 #include "reports/statistics.hpp"
 
 namespace moelab {
@@ -340,15 +341,15 @@ StudyOutput granularity_study(const SweepResults& r, const PaperReference* paper
 
 StudyOutput downstream_study(const SweepResults& r, const PaperReference* paper) {
   std::vector<std::string> tasks;
-  for (auto& task : std::vector<std::string>{"arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande"})
+  for (auto& task : eval_tasks())
     for (auto& job : r.jobs)
-      if (job.evals.count(task + "/" + downstream_metric(task))) {
-        tasks.push_back(task);
+      if (job.evals.count(task.name + "/" + task.metric)) {
+        tasks.push_back(task.name);
         break;
       }
   Table t{.name = "downstream", .title = "Zero-shot accuracy (%) per task (paper Table 1)"};
   t.columns = key_columns(r, {}, paper != nullptr);
-  for (auto& task : tasks) t.columns.push_back({task + " (" + downstream_metric(task) + ")", 2});
+  for (auto& task : tasks) t.columns.push_back({task + " (" + eval_task(task).metric + ")", 2});
   t.columns.push_back({"avg", 2});
   t.notes.push_back("Accuracy in percent at each job's newest evaluated checkpoint, mean over seeds; each column "
                     "names its metric (acc_norm: normalised by length). avg is over the columns shown and needs all "
@@ -359,7 +360,7 @@ StudyOutput downstream_study(const SweepResults& r, const PaperReference* paper)
     std::vector<double> scores;
     for (auto& task : tasks) {
       auto score = group_mean(g, [&](const JobResult& job) -> std::optional<double> {
-        auto it = job.evals.find(task + "/" + downstream_metric(task));
+        auto it = job.evals.find(task + "/" + eval_task(task).metric);
         return it == job.evals.end() ? std::nullopt : std::optional<double>(100 * it->second.value);
       });
       row.push_back(Cell::of(score));
@@ -397,11 +398,11 @@ StudyOutput routing_study(const SweepResults& r, const PaperReference*) {
       "(1 and 0 are perfectly balanced), dead_experts per layer got no token, positive_gates per token (KERN's "
       "ReLU can leave fewer than k), fewer_than_k the share of tokens with fewer than k positive gates, "
       "router_cosine the mean pairwise cosine similarity of the router's weight rows.");
-  using Field = double RoutingSummary::*;
+  using Field = double RoutingMeans::*;
   for (auto& g : group_jobs(r, {}, is_moe)) {
     auto row = key_cells(g, "ours", false, double(g.jobs.size()));
-    for (Field field : {&RoutingSummary::load_max_over_mean, &RoutingSummary::load_std, &RoutingSummary::dead_experts,
-                        &RoutingSummary::positive_gates, &RoutingSummary::fewer_than_k, &RoutingSummary::router_cosine})
+    for (Field field : {&RoutingMeans::load_max_over_mean, &RoutingMeans::load_std, &RoutingMeans::dead_experts,
+                        &RoutingMeans::positive_gates, &RoutingMeans::fewer_than_k, &RoutingMeans::router_cosine})
       row.push_back(Cell::of(group_mean(g, [&](const JobResult& job) {
         return job.routing ? std::optional<double>((*job.routing).*field) : std::nullopt;
       })));
@@ -435,12 +436,6 @@ Study parse_study(const std::string& name) {
     if (study_name(study) == name) return study;
   throw std::invalid_argument("--study: unknown study \"" + name +
                               "\" (expected routers, seeds, sparsity, granularity, downstream, routing or all)");
-}
-
-std::string downstream_metric(const std::string& task) {
-  // Length-normalised where the answers differ much in length, as is usual for these tasks.
-  static const std::set<std::string> normalised = {"arc_challenge", "hellaswag", "piqa"};
-  return normalised.count(task) ? "acc_norm" : "acc";
 }
 
 StudyOutput build_study(Study study, const SweepResults& results, const PaperReference* paper) {
@@ -488,13 +483,14 @@ Table missing_jobs_table(const SweepResults& r) {
   t.when_empty = "None: every job finished and has its final validation loss.";
   for (auto& job : r.jobs) {
     std::string why;
-    if (job.status == "failed") why = job.error.substr(0, job.error.find('\n'));
-    else if (!job.final_loss()) why = job.status == "done" ? "done but no final validation loss recorded" : "not finished";
-    if (job.eval_status.starts_with("failed")) why += (why.empty() ? "" : "; ") + std::string("evaluation ") + job.eval_status;
+    if (job.status == JobStatus::failed) why = job.error.substr(0, job.error.find('\n'));
+    else if (!job.final_loss()) why = job.status == JobStatus::done ? "done but no final validation loss recorded" : "not finished";
+    if (job.eval_status.stage == EvalStatus::Stage::failed)
+      why += (why.empty() ? "" : "; ") + std::string("evaluation ") + job.eval_status.text();
     if (why.empty()) continue;
     std::optional<double> last_step;
     if (!job.val_loss.empty()) last_step = double(job.val_loss.rbegin()->first);
-    t.add_row({Cell::of(job.id), Cell::of(job.name), Cell::of(job.router), Cell::of(job.status), Cell::of(last_step),
+    t.add_row({Cell::of(job.id), Cell::of(job.name), Cell::of(job.router), Cell::of(to_string(job.status)), Cell::of(last_step),
                Cell::of(double(job.config.train.steps)), Cell::of(why)});
   }
   return t;

@@ -35,7 +35,4 @@ bool study_applies(Study study, const SweepResults& results, std::string& why);
 // Jobs that did not finish or have no final loss, and failed evaluations.
 Table missing_jobs_table(const SweepResults& results);
 
-// The metric a downstream column reports for a task (acc or acc_norm) and why, for the table's note.
-std::string downstream_metric(const std::string& task);
-
 }  // namespace moelab

@@ -9,8 +9,6 @@
 namespace moelab {
 namespace {
 
-double number(const std::string& text) { return std::stod(text); }
-
 // Fields that never separate two rows of a table: the seed is averaged over, the router is the row
 // itself, and the rest say where or how a job ran, not what it computed.
 bool is_setting_path(const std::string& path) {
@@ -41,11 +39,10 @@ namespace {
 
 std::vector<JobResult> read_jobs(const Store& store, const std::string& sweep) {
   std::vector<JobResult> jobs;
-  for (auto& row : store.query("SELECT id, name, status, error, eval_status, config_json FROM jobs WHERE " +
-                               in_sweep(sweep) + " ORDER BY id")) {
-    JobResult job{.id = row[0], .name = row[1], .status = row[2], .error = row[3], .eval_status = row[4]};
+  for (auto& [row, state] : store.sweep_jobs(sweep)) {
+    JobResult job{.id = row.id, .name = row.name, .status = state.status, .error = state.error, .eval_status = state.eval};
     try {
-      job.config = parse_job_config(nlohmann::json::parse(row[5]));
+      job.config = parse_job_config(nlohmann::json::parse(row.config_json));
     } catch (const std::exception& e) {
       throw std::runtime_error("job " + job.id + " (" + job.name + ") in " + store.path() +
                                ": its stored config cannot be read: " + e.what());
@@ -57,23 +54,11 @@ std::vector<JobResult> read_jobs(const Store& store, const std::string& sweep) {
 }
 
 void read_measurements(const Store& store, const std::string& sweep, std::map<std::string, JobResult*>& by_id) {
-  const std::string of_sweep = " WHERE " + in_sweep(sweep, "t.job_id");
-  for (auto& row : store.query("SELECT t.job_id, t.step, t.loss FROM metrics t" + of_sweep + " AND t.split = 'val'"))
-    by_id.at(row[0])->val_loss[std::stoll(row[1])] = number(row[2]);
-  for (auto& row : store.query("SELECT t.job_id, t.step, t.task, t.metric, t.value, t.stderr, t.samples FROM evals t" +
-                               of_sweep + " ORDER BY t.step")) {
-    EvalScore score{.step = std::stoll(row[1]), .value = number(row[4]), .samples = std::stoll(row[6])};
-    if (!row[5].empty()) score.stderr_value = number(row[5]);
-    by_id.at(row[0])->evals[row[2] + "/" + row[3]] = score;  // ordered by step: the newest one stays
-  }
-  // The newest evaluation step of each job, averaged over its layers.
-  for (auto& row : store.query(
-           "SELECT t.job_id, t.step, avg(load_std), avg(load_max_over_mean), avg(dead_experts), avg(positive_gates), "
-           "avg(fewer_than_k), avg(router_cosine) FROM routing_stats t" + of_sweep +
-           " AND t.step = (SELECT max(step) FROM routing_stats WHERE job_id = t.job_id) GROUP BY t.job_id, t.step")) {
-    by_id.at(row[0])->routing = RoutingSummary{std::stoll(row[1]), number(row[2]), number(row[3]), number(row[4]),
-                                               number(row[5]), number(row[6]), number(row[7])};
-  }
+  for (auto& m : store.sweep_metrics(sweep, "val")) by_id.at(m.job_id)->val_loss[m.step] = m.loss;
+  for (auto& e : store.sweep_evals(sweep))  // oldest step first: the newest one stays
+    by_id.at(e.job_id)->evals[e.task + "/" + e.metric] = EvalScore{e.step, e.value, e.stderr_value, e.samples};
+  for (auto& r : store.sweep_routing_means(sweep))
+    by_id.at(r.job_id)->routing = r;
 }
 
 // Fills each job's setting with the config fields that differ somewhere in the sweep.
@@ -111,8 +96,7 @@ SweepResults load_sweep_results(const Store& store, const std::string& sweep) {
   results.jobs = read_jobs(store, sweep);
   if (results.jobs.empty()) {
     std::string known;
-    for (auto& row : store.query("SELECT DISTINCT sweep FROM sweep_jobs ORDER BY sweep"))
-      known += (known.empty() ? "" : ", ") + row[0];
+    for (auto& name : store.sweep_names()) known += (known.empty() ? "" : ", ") + name;
     throw std::runtime_error("no sweep named \"" + sweep + "\" in " + store.path() +
                              (known.empty() ? " (it has no sweeps)" : " (it has: " + known + ")"));
   }

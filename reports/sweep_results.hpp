@@ -7,17 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "db/store.hpp"
 #include "engine/config/job_config.hpp"
 
 namespace moelab {
-
-class Store;
-
-struct RoutingSummary {  // one job's last evaluation, averaged over its MoE layers
-  int64_t step = 0;
-  double load_std = 0, load_max_over_mean = 0, dead_experts = 0, positive_gates = 0, fewer_than_k = 0,
-         router_cosine = 0;
-};
 
 struct EvalScore {
   int64_t step = 0;
@@ -27,12 +20,15 @@ struct EvalScore {
 };
 
 struct JobResult {
-  std::string id, name, status, error, eval_status;
+  std::string id, name;
+  JobStatus status = JobStatus::queued;
+  std::string error;
+  EvalStatus eval_status;
   JobConfig config;
   std::string router;                                        // router_label(): kern variants apart
   std::map<int64_t, double> val_loss;                        // step -> validation loss
   std::map<std::string, EvalScore> evals;                    // "task/metric" -> newest step's score
-  std::optional<RoutingSummary> routing;
+  std::optional<RoutingMeans> routing;     // the newest step, averaged over its layers
   std::map<std::string, std::string> setting;                // varying config fields (see below) -> value
 
   // The loss at the configured last step; none while the job has not got there.

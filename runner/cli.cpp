@@ -12,11 +12,12 @@
 #include <functional>
 #include <iostream>
 
+#include "db/default_paths.hpp"
 #include "engine/config/config_schema.hpp"
+#include "engine/config/job_config.hpp"
 #include "engine/data/token_file.hpp"
 #include "engine/model/gpt.hpp"
 #include "engine/serve/completion_server.hpp"
-#include "db/store.hpp"
 #include "eval/lm_eval_driver.hpp"
 #include "reports/report.hpp"
 #include "engine/train/error_message.hpp"
@@ -95,7 +96,7 @@ int train(const std::vector<std::string>& args) {
       ("config", po::value(&config_path)->required(), "job config JSON")
       ("set", po::value(&overrides)->composing(), "PATH=VALUE: override a config field, e.g. model.router=softmax")
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
-      ("run-dir", po::value(&opts.run_dir), "checkpoint directory (default runs/<job id>)")
+      ("run-dir", po::value(&opts.run_dir), ("checkpoint directory (default " + default_job_run_dir("<job id>") + ")").c_str())
       ("resume", po::bool_switch(&opts.resume), "continue from the newest checkpoint in --run-dir, if any")
       ("stop-after", po::value(&opts.stop_after)->default_value(0)->notifier(in_range("--stop-after", 0)),
        "checkpoint and stop after this step, as if interrupted")
@@ -168,29 +169,16 @@ int serve(const std::vector<std::string>& args) {
   return 0;
 }
 
-// The checkpoints of a job that `eval --every N` scores: multiples of N and the newest, if still on disk.
-std::vector<std::string> checkpoints_to_evaluate(const EvalOptions& opts, int every) {
-  Store store(opts.db_path);
-  auto rows = store.query("SELECT step, path FROM checkpoints WHERE job_id = '" + opts.job_id + "' ORDER BY step");
-  std::vector<std::string> paths;
-  for (size_t i = 0; i < rows.size(); ++i)
-    if ((std::stoi(rows[i][0]) % every == 0 || i + 1 == rows.size()) && std::filesystem::exists(rows[i][1]))
-      paths.push_back(rows[i][1]);
-  if (paths.empty()) throw std::runtime_error("--job " + opts.job_id + ": no checkpoint on disk to evaluate");
-  return paths;
-}
-
 int eval(const std::vector<std::string>& args) {
   EvalOptions opts;
   std::string tasks;
-  int every = 0;
   po::options_description options("moelab eval");
   options.add_options()
       ("job", po::value(&opts.job_id), "evaluate this job's newest checkpoint")
       ("checkpoint", po::value(&opts.checkpoint), "or this checkpoint (.pt)")
-      ("tasks", po::value(&tasks), "comma-separated (default: arc_easy,arc_challenge,hellaswag,piqa,sciq,winogrande)")
+      ("tasks", po::value(&tasks), ("comma-separated (default: " + eval_task_list(",") + ")").c_str())
       ("limit", po::value(&opts.limit)->default_value(0)->notifier(in_range("--limit", 0)), "documents per task (0: all); for testing only")
-      ("every", po::value(&every)->default_value(0)->notifier(in_range("--every", 0)),
+      ("every", po::value(&opts.every)->default_value(0)->notifier(in_range("--every", 0)),
        "with --job: every kept checkpoint at a multiple of this step, and the newest")
       ("db", po::value(&opts.db_path)->default_value(opts.db_path), "SQLite store")
       ("output", po::value(&opts.output_dir), "where lm-eval writes its results and samples (default: beside the checkpoint)");
@@ -198,19 +186,16 @@ int eval(const std::vector<std::string>& args) {
   if (!parse_options(args, "eval (--job ID | --checkpoint PATH) [--tasks LIST] [--limit N] [--db FILE]", options, vm)) return 0;
   if (opts.job_id.empty() == opts.checkpoint.empty()) throw std::runtime_error("eval: give exactly one of --job and --checkpoint");
   if (!tasks.empty()) opts.tasks = split_list(tasks);
-  if (every > 0 && opts.job_id.empty()) throw std::runtime_error("eval: --every needs --job");
-  std::vector<std::string> checkpoints = {opts.checkpoint};
-  if (every > 0) checkpoints = checkpoints_to_evaluate(opts, every);
+  if (opts.every > 0 && opts.job_id.empty()) throw std::runtime_error("eval: --every needs --job");
   std::printf("%-9s %-14s %-9s %8s %8s %8s  %s\n", "ckpt", "task", "metric", "value", "stderr", "samples", "data");
-  for (auto& checkpoint : checkpoints) {
-    EvalOptions one = opts;
-    if (every > 0) one.checkpoint = checkpoint, one.job_id.clear();
-    for (auto& r : run_eval(one))
+  run_eval(opts, [](const std::string& checkpoint, const std::vector<TaskResult>& results) {
+    for (auto& r : results)
       std::printf("%-9s %-14s %-9s %8.4f %8s %8lld  %s\n", std::filesystem::path(checkpoint.empty() ? "newest" : checkpoint).stem().c_str(),
                   r.task.c_str(), r.metric.c_str(), r.value,
                   r.stderr_value ? std::to_string(*r.stderr_value).substr(0, 6).c_str() : "-", (long long)r.samples,
                   r.source.c_str());
-  }
+    std::fflush(stdout);
+  });
   return 0;
 }
 
@@ -246,31 +231,27 @@ int config_reference(const std::vector<std::string>& args) {
   return 0;
 }
 
-int config_command(const std::vector<std::string>& args) {
-  static const Commands commands = {
-      {"reference", "every job config field: values, default, part in the job's id, meaning (the README's table)",
-       config_reference}};
-  return dispatch("config", commands, args);
-}
-
-int data_command(const std::vector<std::string>& args) {
-  static const Commands commands = {
-      {"prepare", "tokenize a corpus into train.bin, val.bin and meta.json", data_prepare},
-      {"verify", "check token files against meta.json (size, SHA-256, ids within the vocabulary)", data_verify}};
-  return dispatch("data", commands, args);
-}
-
+// Every command of `moelab`, groups with their subcommands: the one table that dispatch and --help read.
 const Commands& commands() {
   static const Commands table = {
-      {"data", "tokenize a corpus into token files", data_command},
-      {"config", "the job config's fields", config_command},
+      {"data", "tokenize a corpus into token files", {},
+       {{"prepare", "tokenize a corpus into train.bin, val.bin and meta.json", data_prepare},
+        {"verify", "check token files against meta.json (size, SHA-256, ids within the vocabulary)", data_verify}}},
+      {"config", "the job config's fields", {},
+       {{"reference", "every job config field: values, default, part in the job's id, meaning (the README's table)",
+         config_reference}}},
       {"params", "parameter counts and FLOPs of a config", params},
       {"train", "train one job", train},
       {"eval", "score a checkpoint with lm-evaluation-harness (six zero-shot tasks)", eval},
       {"serve", "serve a checkpoint over the OpenAI completions protocol (for lm-eval)", serve},
-      {"sweep", "expand a sweep spec into jobs, run them and follow them", sweep_command},
+      {"sweep", "expand a sweep spec into jobs, run them and follow them", {},
+       {{"plan", "list the jobs a sweep spec expands to, with their status in the store", sweep_plan},
+        {"run", "run the spec's unfinished jobs (local processes or a Slurm array)", sweep_run},
+        {"status", "progress, losses and ETA of a sweep's jobs", sweep_status},
+        {"cancel", "stop a sweep's running jobs (they checkpoint) and cancel the rest", sweep_cancel}}},
       {"report", "the paper's tables and plots for a sweep (markdown, CSV, PNG, SVG)", report},
-      {"db", "read-only SQL questions to the store", db_command},
+      {"db", "read-only SQL questions to the store", {},
+       {{"query", "a read-only SQL statement against the store, as a table", db_query}}},
   };
   return table;
 }

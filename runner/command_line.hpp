@@ -1,5 +1,5 @@
 // Option parsing shared by the subcommands (Boost.Program_options) with a --help every command has,
-// and the tables of commands that `moelab`, `moelab sweep`, `moelab data` and `moelab db` dispatch on.
+// and the table of commands (runner/cli.cpp) that `moelab` and its groups (data, sweep, db) dispatch on.
 #pragma once
 
 #include <boost/program_options.hpp>
@@ -14,12 +14,15 @@
 
 namespace moelab {
 
-// One command of a group: `moelab <group> <name> ...` runs `run` with the arguments after the name.
+// One command: `moelab <name> ...` runs `run` with the arguments after the name. A group (`moelab
+// sweep`) has no `run` but subcommands: `moelab <group> <name> ...` runs the subcommand's.
+struct Command;
+using Commands = std::vector<Command>;
 struct Command {
   std::string name, summary;
   std::function<int(const std::vector<std::string>&)> run;
+  Commands subcommands;
 };
-using Commands = std::vector<Command>;
 
 // "usage: moelab sweep <command> [options]" and a line per command; `group` "" is moelab itself.
 inline void print_commands(const std::string& group, const Commands& commands, std::ostream& out) {
@@ -45,8 +48,11 @@ inline int dispatch(const std::string& group, const Commands& commands, const st
   const std::string what = group.empty() ? "command" : group + " command";
   if (args.empty())
     throw std::runtime_error("moelab" + (group.empty() ? "" : " " + group) + ": expected a command (" + names + "; see --help)");
-  for (auto& c : commands)
-    if (c.name == args[0]) return c.run({args.begin() + 1, args.end()});
+  for (auto& c : commands) {
+    if (c.name != args[0]) continue;
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    return c.subcommands.empty() ? c.run(rest) : dispatch(c.name, c.subcommands, rest);
+  }
   throw std::runtime_error("unknown " + what + " \"" + args[0] + "\" (expected one of: " + names + ")");
 }
 

@@ -12,11 +12,11 @@ std::vector<const PlannedJob*> jobs_to_run(Store& store, const std::vector<Plann
                                            int max_attempts) {
   std::vector<const PlannedJob*> out;
   for (auto& job : jobs) {
-    auto row = store.query("SELECT status, attempts FROM jobs WHERE id = '" + job.id + "'");
-    if (!row.empty() && row[0][0] == "done") continue;
-    if (!row.empty() && std::stoi(row[0][1]) >= max_attempts) {
-      std::printf("[sweep %s] skip %s (%s): %s after %s attempts (max_attempts %d)\n", sweep.c_str(), job.id.c_str(),
-                  job.config.name.c_str(), row[0][0].c_str(), row[0][1].c_str(), max_attempts);
+    const auto state = store.job_state(job.id);
+    if (state && state->status == JobStatus::done) continue;
+    if (state && state->attempts >= max_attempts) {
+      std::printf("[sweep %s] skip %s (%s): %s after %d attempts (max_attempts %d)\n", sweep.c_str(), job.id.c_str(),
+                  job.config.name.c_str(), to_string(state->status).c_str(), state->attempts, max_attempts);
       continue;
     }
     out.push_back(&job);

@@ -113,8 +113,9 @@ class LocalPool {
     for (auto* job : jobs_to_run(store_, jobs, sweep_, options_.max_attempts)) queue_.push_back(job);
     if (eval_.enabled)  // trained earlier, but the evaluation stage never finished
       for (auto& job : jobs) {
-        auto row = store_.query("SELECT status, eval_status FROM jobs WHERE id = '" + job.id + "'");
-        if (!row.empty() && row[0][0] == "done" && !row[0][1].starts_with("done")) eval_queue_.push_back(&job);
+        const auto state = store_.job_state(job.id);
+        if (state && state->status == JobStatus::done && state->eval.stage != EvalStatus::Stage::done)
+          eval_queue_.push_back(&job);
       }
     std::printf("[sweep %s] %zu of %zu jobs to run, %d at a time\n", sweep_.c_str(), queue_.size(), jobs.size(),
                 options_.jobs);
@@ -171,7 +172,7 @@ class LocalPool {
                                 {"MOELAB_WORLD_SIZE", std::to_string(options_.ranks)}, {"MASTER_ADDR", "127.0.0.1"},
                                 {"MASTER_PORT", port}}));
     }
-    store_.set_job_executor(job->id, "local", std::to_string(r.pids[0]), this_host(), dir);
+    store_.set_job_executor(job->id, kLocalExecutor, std::to_string(r.pids[0]), this_host(), dir);
     std::printf("[sweep %s] start %s %s (pid %s%s)\n", sweep_.c_str(), job->id.c_str(), job->config.name.c_str(),
                 join(std::vector<int>(r.pids.begin(), r.pids.end())).c_str(),
                 r.gpus.empty() ? "" : ((r.gpus.size() > 1 ? ", GPUs " : ", GPU ") + join(r.gpus)).c_str());
@@ -191,7 +192,7 @@ class LocalPool {
       std::printf("[sweep %s] follow %s %s: its trainer is alive (%s, run directory %s)\n", sweep_.c_str(),
                   job.id.c_str(), job.config.name.c_str(), trainer->describe().c_str(), dir.c_str());
       std::fflush(stdout);
-      followed_.push_back(FollowedJob{&job, dir, *trainer, state.status == "running", state.attempts, take_gpus()});
+      followed_.push_back(FollowedJob{&job, dir, *trainer, state.status == JobStatus::running, state.attempts, take_gpus()});
       return true;
     }
     return false;
@@ -213,14 +214,14 @@ class LocalPool {
   void record_followed(const FollowedJob& f) {
     const auto& job = *f.job;
     const JobState state = store_.job_state(job.id).value();
-    std::string outcome = state.status;
-    if (state.status == "failed") {
+    std::string outcome = to_string(state.status);
+    if (state.status == JobStatus::failed) {
       outcome = "failed (" + state.error.substr(0, state.error.find('\n')) + ")";
       ++failed_;
-    } else if (state.status != "done" && state.status != "interrupted") {
+    } else if (state.status != JobStatus::done && state.status != JobStatus::interrupted) {
       // Killed, or crashed, before it could record an end.
       const std::string log = rank_log(f.run_dir, 0);
-      store_.set_job_status(job.id, "failed", "its trainer (" + f.trainer.describe() +
+      store_.set_job_status(job.id, JobStatus::failed, "its trainer (" + f.trainer.describe() +
                                                   ") ended without recording an outcome; end of " + log + ":\n" +
                                                   log_tail(log, 20));
       if (!f.trainer_counted && state.attempts == f.attempts_at_follow) store_.count_attempt(job.id);
@@ -230,7 +231,7 @@ class LocalPool {
     std::printf("[sweep %s] %s %s %s (followed trainer, %s)\n", sweep_.c_str(), outcome.c_str(), job.id.c_str(),
                 job.config.name.c_str(), f.trainer.describe().c_str());
     std::fflush(stdout);
-    if (state.status == "done" && eval_.enabled && !stopping_) {
+    if (state.status == JobStatus::done && eval_.enabled && !stopping_) {
       launch_eval(RunningJob{&job, state.attempts, f.gpus, Clock::now()});
       return;
     }
@@ -283,18 +284,18 @@ class LocalPool {
   void record_eval(const RunningJob& r) {
     const int status = r.status;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    auto eval_status = store_.query("SELECT eval_status FROM jobs WHERE id = '" + r.job->id + "'");
+    auto state = store_.job_state(r.job->id);
     // A process that died before recording its outcome (killed, a store it cannot open) would
     // otherwise leave the stage "running" for ever.
-    if (!ok && !eval_status.empty() && !eval_status[0][0].starts_with("failed")) {
+    if (!ok && state && state->eval.stage != EvalStatus::Stage::failed) {
       const std::string why = WIFEXITED(status) ? "exit code " + std::to_string(WEXITSTATUS(status))
                                                 : "signal " + std::to_string(WTERMSIG(status));
-      store_.set_eval_status(r.job->id, "failed: " + why + " (see " + job_run_dir(options_.workdir, r.job->id) + "/eval.log)");
-      eval_status = store_.query("SELECT eval_status FROM jobs WHERE id = '" + r.job->id + "'");
+      state->eval = {EvalStatus::Stage::failed, why + " (see " + job_run_dir(options_.workdir, r.job->id) + "/eval.log)"};
+      store_.set_eval_status(r.job->id, state->eval);
     }
     if (!ok) ++failed_;
     std::printf("[sweep %s] evaluation of %s %s: %s\n", sweep_.c_str(), r.job->id.c_str(), r.job->config.name.c_str(),
-                eval_status.empty() ? "?" : eval_status[0][0].c_str());
+                state ? state->eval.text().c_str() : "?");
     std::fflush(stdout);
   }
 
@@ -357,14 +358,14 @@ class LocalPool {
     finished_minutes_.push_back(minutes);
     std::string outcome;
     if (exited && code == kExitOk) {
-      outcome = "done";
+      outcome = to_string(JobStatus::done);
     } else if (exited && code == kExitInterrupted) {
-      outcome = "interrupted";
+      outcome = to_string(JobStatus::interrupted);
     } else {
       const std::string& log = r.log;
       if (!exited || code != kExitDiverged) {
         std::string why = exited ? "exit code " + std::to_string(code) : "killed by signal " + std::to_string(WTERMSIG(status));
-        store_.set_job_status(job.id, "failed", why + "; end of " + log + ":\n" + log_tail(log, 20), code);
+        store_.set_job_status(job.id, JobStatus::failed, why + "; end of " + log + ":\n" + log_tail(log, 20), code);
         if (store_.job_state(job.id).value().attempts == r.attempts_at_launch) store_.count_attempt(job.id);
       }
       outcome = "failed (" + (exited ? "exit code " + std::to_string(code) : "signal " + std::to_string(WTERMSIG(status))) +
@@ -388,9 +389,7 @@ class LocalPool {
   }
 
   void report() {
-    auto counts = store_.query("SELECT status, count(*) FROM jobs WHERE " + in_sweep(sweep_) + " GROUP BY status ORDER BY status");
-    std::string line;
-    for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
+    const std::string line = status_summary(store_.status_counts(sweep_));
     std::printf("[sweep %s] %s | %zu running here, %zu followed, %zu queued%s\n", sweep_.c_str(), line.c_str(),
                 running_.size(), followed_.size(), queue_.size(), eta().c_str());
     std::fflush(stdout);

@@ -163,24 +163,27 @@ while kill -0 $child 2>/dev/null; do wait $child; status=$?; done
 }
 
 int refresh_slurm_jobs(Store& store, const std::string& sweep) {
-  auto rows = store.query("SELECT id, run_dir, executor_id FROM jobs WHERE executor = 'slurm' AND " + in_sweep(sweep));
-  for (auto& row : rows) store.merge_job_store(row[1] + "/job.db");
+  std::vector<SweepJob> on_slurm;
+  for (auto& job : store.sweep_jobs(sweep))
+    if (job.state.executor == kSlurmExecutor) on_slurm.push_back(std::move(job));
+  for (auto& job : on_slurm) store.merge_job_store(job.state.run_dir + "/job.db");
   auto states = squeue_states();
   int active = 0;
-  for (auto& row : rows) {
-    auto it = states.find(row[2]);
+  for (auto& [job, state] : on_slurm) {
+    auto it = states.find(state.executor_id);
     if (it != states.end() && is_active(it->second)) {
       ++active;
       continue;
     }
     // Gone from the queue: the job's own store has the last word (merged again, as it may have
     // ended a moment ago); if it never recorded an end, Slurm lost it.
-    store.merge_job_store(row[1] + "/job.db");
-    auto status = store.job_status(row[0]).value_or("");
-    if (status == "queued" || status == "running")
-      store.set_job_status(row[0], "failed",
-                           "Slurm task " + row[2] + " left the queue (" + (it == states.end() ? "unknown to squeue" : it->second) +
-                               ") without the job recording an end; see its log in " + row[1] + "/../slurm");
+    store.merge_job_store(state.run_dir + "/job.db");
+    auto status = store.job_status(job.id);
+    if (status && is_queued_or_running(*status))
+      store.set_job_status(job.id, JobStatus::failed,
+                           "Slurm task " + state.executor_id + " left the queue (" +
+                               (it == states.end() ? "unknown to squeue" : it->second) +
+                               ") without the job recording an end; see its log in " + state.run_dir + "/../slurm");
   }
   return active;
 }
@@ -191,8 +194,8 @@ int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const 
   refresh_slurm_jobs(store, spec.name);
   std::vector<const PlannedJob*> to_submit;
   for (auto* job : jobs_to_run(store, jobs, spec.name, run.max_attempts)) {
-    auto row = store.query("SELECT executor, status FROM jobs WHERE id = '" + job->id + "'");
-    bool on_cluster = !row.empty() && row[0][0] == "slurm" && (row[0][1] == "queued" || row[0][1] == "running");
+    const auto state = store.job_state(job->id);
+    const bool on_cluster = state && state->executor == kSlurmExecutor && is_queued_or_running(state->status);
     if (on_cluster) std::printf("[sweep %s] %s is already on the cluster\n", spec.name.c_str(), job->id.c_str());
     else to_submit.push_back(job);
   }
@@ -214,8 +217,8 @@ int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const 
     store.transaction([&] {
       for (size_t i = 0; i < to_submit.size(); ++i) {
         const auto* job = to_submit[i];
-        store.set_job_executor(job->id, "slurm", array_id + "_" + std::to_string(i), "", job_run_dir(run.workdir, job->id));
-        store.set_job_status(job->id, "queued");
+        store.set_job_executor(job->id, kSlurmExecutor, array_id + "_" + std::to_string(i), "", job_run_dir(run.workdir, job->id));
+        store.set_job_status(job->id, JobStatus::queued);
       }
     });
     std::printf("[sweep %s] submitted %zu jobs as Slurm array %s (%s)\n", spec.name.c_str(), to_submit.size(),
@@ -226,17 +229,15 @@ int run_slurm(const std::vector<PlannedJob>& jobs, const SweepSpec& spec, const 
   std::string last;
   for (;;) {
     int active = refresh_slurm_jobs(store, spec.name);
-    auto counts = store.query("SELECT status, count(*) FROM jobs WHERE " + in_sweep(spec.name) +
-                              " GROUP BY status ORDER BY status");
-    std::string line;
-    for (auto& row : counts) line += (line.empty() ? "" : ", ") + row[1] + " " + row[0];
+    const std::string line = status_summary(store.status_counts(spec.name));
     if (line != last) std::printf("[sweep %s] %s | %d on the cluster\n", spec.name.c_str(), line.c_str(), active), last = line;
     std::fflush(stdout);
     if (active == 0) break;
     std::this_thread::sleep_for(std::chrono::seconds(3));
   }
-  auto unfinished = store.query("SELECT count(*) FROM jobs WHERE " + in_sweep(spec.name) + " AND status != 'done'");
-  return unfinished[0][0] == "0" ? 0 : 1;
+  for (auto& count : store.status_counts(spec.name))
+    if (count.status != JobStatus::done) return 1;
+  return 0;
 }
 
 }  // namespace moelab

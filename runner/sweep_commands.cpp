@@ -1,10 +1,11 @@
-// `moelab sweep plan|run|status|cancel` and `moelab db query`.
+// `moelab sweep plan|run|status|cancel` and `moelab db query` (runner/cli.cpp's table dispatches them).
 #include "runner/sweep_commands.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cerrno>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "db/default_paths.hpp"
 #include "db/store.hpp"
 #include "engine/train/run_dir_lock.hpp"
 #include "runner/command_line.hpp"
@@ -51,7 +53,9 @@ void print_table(const std::vector<std::string>& header, const std::vector<std::
   for (auto& row : rows) print_row(row);
 }
 
-int plan(const std::vector<std::string>& args) {
+}  // namespace
+
+int sweep_plan(const std::vector<std::string>& args) {
   std::string spec_path, db_path;
   po::options_description options("moelab sweep plan");
   options.add_options()("spec", po::value(&spec_path)->required(), "sweep spec JSON")("json", "print jobs as JSON")(
@@ -71,7 +75,7 @@ int plan(const std::vector<std::string>& args) {
   std::map<std::string, std::string> status;
   if (!db_path.empty() && std::filesystem::exists(db_path)) {
     Store store(db_path);
-    for (auto& row : store.query("SELECT id, status FROM jobs WHERE " + in_sweep(spec.name))) status[row[0]] = row[1];
+    for (auto& [job, state] : store.sweep_jobs(spec.name)) status[job.id] = to_string(state.status);
   }
   std::vector<std::vector<std::string>> rows;
   for (auto& job : jobs)
@@ -80,6 +84,8 @@ int plan(const std::vector<std::string>& args) {
   std::printf("%zu jobs in sweep %s\n", jobs.size(), spec.name.c_str());
   return 0;
 }
+
+namespace {
 
 int visible_gpus() {
   if (const char* env = std::getenv("CUDA_VISIBLE_DEVICES"); env && *env) {
@@ -145,19 +151,21 @@ bool run_in_background(ProcessLock& runner, const std::string& log) {
   return false;
 }
 
-int run(const std::vector<std::string>& args) {
+}  // namespace
+
+int sweep_run(const std::vector<std::string>& args) {
   std::string spec_path, executor;
   LocalRun local;
   po::options_description options("moelab sweep run");
   options.add_options()
       ("spec", po::value(&spec_path)->required(), "sweep spec JSON")
-      ("executor", po::value(&executor)->default_value("local"), "local | slurm")
+      ("executor", po::value(&executor)->default_value(std::string(kLocalExecutor)), "local | slurm")
       ("no-wait", "slurm: return once the array is submitted (follow it with `sweep status`)")
       ("jobs", po::value(&local.jobs)->default_value(0)->notifier(in_range("--jobs", 0)),
        "concurrent local jobs (default: the spec's local.jobs, else 1)")
       ("ranks", po::value(&local.ranks)->default_value(0), "data-parallel processes per local job (default: the spec's local.ranks)")
-      ("db", po::value(&local.db_path)->default_value("runs/moelab.db"), "SQLite store")
-      ("workdir", po::value(&local.workdir), "run directories (default runs/<sweep name>)")
+      ("db", po::value(&local.db_path)->default_value(kDefaultStorePath), "SQLite store")
+      ("workdir", po::value(&local.workdir), ("run directories (default " + default_sweep_workdir("<sweep name>") + ")").c_str())
       ("detach", "run in the background, logging to <workdir>/runner.log; prints its pid and returns");
   po::positional_options_description positional;
   positional.add("spec", 1);
@@ -165,13 +173,13 @@ int run(const std::vector<std::string>& args) {
   if (!parse_options(args, "sweep run SPEC [--jobs N] [--ranks N] [--db FILE] [--workdir DIR] [--detach]", options, vm,
                      positional))
     return 0;
-  if (executor != "local" && executor != "slurm") throw std::runtime_error("--executor " + executor + ": expected local or slurm");
+  if (executor != kLocalExecutor && executor != kSlurmExecutor) throw std::runtime_error("--executor " + executor + ": expected local or slurm");
   auto spec = load_sweep_spec(spec_path);
   auto jobs = expand(spec);  // a bad spec fails here, before the store is touched
   // Absolute, so that `sweep status` and `sweep cancel` find it from the run directories in the store.
-  local.workdir = std::filesystem::absolute(local.workdir.empty() ? "runs/" + spec.name : local.workdir).lexically_normal().string();
+  local.workdir = std::filesystem::absolute(local.workdir.empty() ? default_sweep_workdir(spec.name) : local.workdir).lexically_normal().string();
   local.gpus = visible_gpus();
-  if (executor == "local") check_local_ranks(jobs, spec, local);
+  if (executor == kLocalExecutor) check_local_ranks(jobs, spec, local);
   local.max_attempts = spec.max_attempts;
   local.moelab_binary = std::filesystem::read_symlink("/proc/self/exe").string();
   const bool detach = vm.count("detach") > 0;
@@ -183,44 +191,59 @@ int run(const std::vector<std::string>& args) {
       for (auto& job : jobs) {
         store.upsert_job(JobRow{job.id, job.config.name, spec.name, job.config.to_json().dump(), job.axes.dump(),
                                 job.config.train.steps});
-        if (store.job_status(job.id) == "cancelled") store.set_job_status(job.id, "queued");
+        if (store.job_status(job.id) == JobStatus::cancelled) store.set_job_status(job.id, JobStatus::queued);
       }
     });
   }
   if (detach && run_in_background(runner, runner_log_path(local.workdir))) return 0;
-  if (executor == "slurm")
+  if (executor == kSlurmExecutor)
     return run_slurm(jobs, spec,
                      SlurmRun{local.db_path, local.workdir, local.moelab_binary, spec.max_attempts, !vm.count("no-wait")});
   return run_local(jobs, spec, local);
 }
 
+namespace {
+
+bool any_on_slurm(const Store& store, const std::string& sweep) {
+  auto jobs = store.sweep_jobs(sweep);
+  return std::any_of(jobs.begin(), jobs.end(), [](const SweepJob& j) { return j.state.executor == kSlurmExecutor; });
+}
+
+// printf's text of one value, as `sweep status` shows it.
+template <typename T>
+std::string formatted(const char* format, T value) {
+  char text[64];
+  std::snprintf(text, sizeof text, format, value);
+  return text;
+}
+
+std::string peak_memory_text(const JobProgress& p) {
+  if (!p.peak_resident_bytes) return "-";
+  return formatted("%.0fM", *p.peak_resident_bytes / 1048576.0) +
+         (p.peak_gpu_bytes ? formatted(" gpu %.1fG", *p.peak_gpu_bytes / 1073741824.0) : "");
+}
+
 }  // namespace
 
 void print_status(Store& store, const std::string& sweep) {
-  if (!sweep.empty() && !store.query("SELECT 1 FROM jobs WHERE executor = 'slurm' AND " + in_sweep(sweep)).empty()) {
+  if (!sweep.empty() && any_on_slurm(store, sweep)) {
     try {
       refresh_slurm_jobs(store, sweep);
     } catch (const std::exception& e) {
       std::printf("warning: cannot refresh Slurm jobs: %s\n", e.what());
     }
   }
-  auto where = sweep.empty() ? std::string("1") : in_sweep(sweep, "j.id");
-  auto counts = store.query("SELECT status, count(*) FROM jobs j WHERE " + where + " GROUP BY status ORDER BY status");
-  std::string summary;
-  for (auto& row : counts) summary += (summary.empty() ? "" : ", ") + row[1] + " " + row[0];
+  const std::string summary = status_summary(store.status_counts(sweep));
   std::printf("%s%s\n", sweep.empty() ? "all jobs: " : ("sweep " + sweep + ": ").c_str(), summary.empty() ? "no jobs" : summary.c_str());
-  // ETA from the last logged throughput: remaining steps x tokens per step / tokens per second.
-  auto rows = store.query(
-      "SELECT j.id, j.status, ifnull(p.step, 0) || '/' || j.total_steps, ifnull(printf('%.4f', p.train_loss), '-'), "
-      "ifnull((SELECT printf('%.4f', loss) FROM latest_val_loss v WHERE v.job_id = j.id), '-'), "
-      "ifnull((SELECT printf('%.0fs', (j.total_steps - m.step) * json_extract(j.config_json, '$.train.batch_size') * "
-      "  json_extract(j.config_json, '$.model.seq_len') / m.tokens_per_s) FROM metrics m WHERE m.job_id = j.id AND "
-      "  m.split = 'train' AND m.tokens_per_s > 0 AND j.status = 'running' ORDER BY m.step DESC LIMIT 1), '-'), "
-      "CASE WHEN j.peak_resident_bytes IS NULL THEN '-' ELSE printf('%.0fM', j.peak_resident_bytes / 1048576.0) || "
-      "  CASE WHEN j.peak_gpu_bytes IS NULL THEN '' ELSE printf(' gpu %.1fG', j.peak_gpu_bytes / 1073741824.0) END END, "
-      "j.executor_id, j.attempts, CASE WHEN j.eval_status = '' THEN '-' ELSE j.eval_status END, j.axes_json "
-      "FROM jobs j JOIN job_progress p ON p.job_id = j.id WHERE " + where + " ORDER BY j.name");
-  for (auto& row : rows) row.back() = axes_text(json::parse(row.back()));
+  std::vector<std::vector<std::string>> rows;
+  for (auto& p : store.job_progress(sweep)) {
+    auto or_dash = [](const std::optional<double>& v, const char* format) { return v ? formatted(format, *v) : "-"; };
+    const std::string eval = p.eval.text();
+    rows.push_back({p.id, to_string(p.status), std::to_string(p.step) + "/" + std::to_string(p.total_steps),
+                    or_dash(p.train_loss, "%.4f"), or_dash(p.val_loss, "%.4f"), or_dash(p.eta_seconds, "%.0fs"),
+                    peak_memory_text(p), p.executor_id, std::to_string(p.attempts), eval.empty() ? "-" : eval,
+                    axes_text(json::parse(p.axes_json))});
+  }
   print_table({"id", "status", "step", "train_loss", "val_loss", "eta", "peak_mem", "executor_id", "attempts", "eval", "axes"},
               rows);
 }
@@ -236,7 +259,7 @@ struct LiveRunner {
 };
 
 std::vector<LiveRunner> live_runners(const Store& store, const std::string& sweep) {
-  std::set<std::string> workdirs = {std::filesystem::absolute("runs/" + sweep).lexically_normal().string()};
+  std::set<std::string> workdirs = {std::filesystem::absolute(default_sweep_workdir(sweep)).lexically_normal().string()};
   for (auto& dir : store.sweep_run_dirs(sweep)) workdirs.insert(std::filesystem::path(dir).parent_path().string());
   std::vector<LiveRunner> live;
   for (auto& workdir : workdirs) {
@@ -258,11 +281,13 @@ void print_runners(const Store& store, const std::string& sweep) {
                 r.log.empty() ? "" : (", log " + r.log).c_str());
 }
 
-int status(const std::vector<std::string>& args) {
+}  // namespace
+
+int sweep_status(const std::vector<std::string>& args) {
   std::string sweep, db_path;
   po::options_description options("moelab sweep status");
   options.add_options()("name", po::value(&sweep), "sweep name (default: every job)")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store")("watch", "refresh every 2 s while jobs run");
+      "db", po::value(&db_path)->default_value(kDefaultStorePath), "SQLite store")("watch", "refresh every 2 s while jobs run");
   po::positional_options_description positional;
   positional.add("name", 1);
   po::variables_map vm;
@@ -275,9 +300,9 @@ int status(const std::vector<std::string>& args) {
     if (!sweep.empty()) print_runners(store, sweep);
     std::fflush(stdout);
     if (!vm.count("watch")) return 0;
-    auto active = store.query("SELECT count(*) FROM jobs j WHERE status IN ('queued', 'running')" +
-                              (sweep.empty() ? std::string() : " AND " + in_sweep(sweep)));
-    if (active[0][0] == "0") return 0;
+    auto counts = store.status_counts(sweep);
+    if (std::none_of(counts.begin(), counts.end(), [](const StatusCount& c) { return is_queued_or_running(c.status); }))
+      return 0;
     std::this_thread::sleep_for(std::chrono::seconds(2));
   }
 }
@@ -285,11 +310,11 @@ int status(const std::vector<std::string>& args) {
 // The sweep's runners and the trainers of its unfinished jobs on this host get SIGTERM (trainers
 // checkpoint; a runner tells its jobs to), found by the locks they hold, so that trainers whose
 // runner died are stopped too; then every unfinished job is marked cancelled.
-int cancel(const std::vector<std::string>& args) {
+int sweep_cancel(const std::vector<std::string>& args) {
   std::string sweep, db_path;
   po::options_description options("moelab sweep cancel");
   options.add_options()("name", po::value(&sweep)->required(), "sweep name")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store");
+      "db", po::value(&db_path)->default_value(kDefaultStorePath), "SQLite store");
   po::positional_options_description positional;
   positional.add("name", 1);
   po::variables_map vm;
@@ -297,7 +322,10 @@ int cancel(const std::vector<std::string>& args) {
   if (!std::filesystem::exists(db_path)) throw std::runtime_error(db_path + ": no such store");
   Store store(db_path);
   auto unfinished = [&] {
-    return store.query("SELECT id FROM jobs WHERE " + in_sweep(sweep) + " AND status NOT IN ('done', 'cancelled')");
+    std::vector<SweepJob> jobs;
+    for (auto& job : store.sweep_jobs(sweep))
+      if (job.state.status != JobStatus::done && job.state.status != JobStatus::cancelled) jobs.push_back(std::move(job));
+    return jobs;
   };
   std::vector<std::string> stopping;  // lock files whose holders were told to stop
   auto stop = [&](const std::string& lock, const LockHolder& holder, const std::string& what) {
@@ -309,10 +337,10 @@ int cancel(const std::vector<std::string>& args) {
     }
   };
   for (auto& runner : live_runners(store, sweep)) stop(runner_lock_path(runner.workdir), runner.holder, "the runner");
-  for (auto& row : unfinished()) {
-    const std::string run_dir = store.job_state(row[0]).value().run_dir;
-    if (run_dir.empty()) continue;
-    if (auto trainer = lock_holder(run_dir_lock_path(run_dir))) stop(run_dir_lock_path(run_dir), *trainer, "job " + row[0]);
+  for (auto& [job, state] : unfinished()) {
+    if (state.run_dir.empty()) continue;
+    if (auto trainer = lock_holder(run_dir_lock_path(state.run_dir)))
+      stop(run_dir_lock_path(state.run_dir), *trainer, "job " + job.id);
   }
   std::fflush(stdout);
   for (int i = 0; i < 600 && !stopping.empty(); ++i) {  // wait up to a minute for their checkpoints
@@ -321,17 +349,17 @@ int cancel(const std::vector<std::string>& args) {
   }
   for (auto& lock : stopping) std::printf("warning: %s is still held a minute after SIGTERM\n", lock.c_str());
   auto jobs = unfinished();
-  for (auto& row : jobs) store.set_job_status(row[0], "cancelled", "cancelled by moelab sweep cancel");
+  for (auto& [job, state] : jobs) store.set_job_status(job.id, JobStatus::cancelled, "cancelled by moelab sweep cancel");
   std::printf("cancelled %zu jobs of sweep %s\n", jobs.size(), sweep.c_str());
   return 0;
 }
 
-int query(const std::vector<std::string>& args) {
+int db_query(const std::vector<std::string>& args) {
   std::string sql, db_path;
   double time_limit = 0;
   po::options_description options("moelab db query");
   options.add_options()("sql", po::value(&sql)->required(), "one read-only SQL statement")(
-      "db", po::value(&db_path)->default_value("runs/moelab.db"), "SQLite store")(
+      "db", po::value(&db_path)->default_value(kDefaultStorePath), "SQLite store")(
       "time-limit", po::value(&time_limit)->default_value(30), "seconds the query may run before it is stopped");
   po::positional_options_description positional;
   positional.add("sql", 1);
@@ -342,23 +370,6 @@ int query(const std::vector<std::string>& args) {
   auto table = read_only_query(db_path, sql, std::chrono::milliseconds(int64_t(time_limit * 1000)));
   print_table(table.columns, table.rows);
   return 0;
-}
-
-}  // namespace
-
-int sweep_command(const std::vector<std::string>& args) {
-  static const Commands commands = {
-      {"plan", "list the jobs a sweep spec expands to, with their status in the store", plan},
-      {"run", "run the spec's unfinished jobs (local processes or a Slurm array)", run},
-      {"status", "progress, losses and ETA of a sweep's jobs", status},
-      {"cancel", "stop a sweep's running jobs (they checkpoint) and cancel the rest", cancel},
-  };
-  return dispatch("sweep", commands, args);
-}
-
-int db_command(const std::vector<std::string>& args) {
-  static const Commands commands = {{"query", "a read-only SQL statement against the store, as a table", query}};
-  return dispatch("db", commands, args);
 }
 
 }  // namespace moelab

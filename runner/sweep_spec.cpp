@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "engine/config/config_schema.hpp"
-#include "eval/lm_eval_driver.hpp"
+#include "eval/tasks.hpp"
 #include "runner/slurm_executor.hpp"
 
 namespace moelab {
@@ -149,7 +149,7 @@ EvalStage parse_eval_stage(const json& j) {
   if (!j.is_object()) fail("eval", "expected an object with tasks, limit and checkpoints");
   EvalStage stage;
   stage.enabled = true;
-  stage.tasks = paper_tasks();
+  stage.tasks = eval_task_names();
   for (auto& [key, value] : j.items()) {
     if (key == "tasks") {
       if (!value.is_array() || value.empty()) fail("eval.tasks", "expected a non-empty list of task names");
@@ -158,8 +158,8 @@ EvalStage parse_eval_stage(const json& j) {
         const std::string where = "eval.tasks[" + std::to_string(i) + "]";
         if (!value[i].is_string()) fail(where, "expected a task name, got " + value[i].dump());
         std::string task = value[i];
-        if (std::find(paper_tasks().begin(), paper_tasks().end(), task) == paper_tasks().end())
-          fail(where, "unknown task \"" + task + "\"" + did_you_mean(task, paper_tasks()));
+        if (const auto known = eval_task_names(); std::find(known.begin(), known.end(), task) == known.end())
+          fail(where, "unknown task \"" + task + "\"" + did_you_mean(task, known));
         stage.tasks.push_back(task);
       }
     } else if (key == "limit") {

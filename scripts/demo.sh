@@ -23,4 +23,4 @@ awk '/^### Validation loss by step/ {shown = 1} shown && /^$/ && table {exit} sh
   demo-runs/report/report.md
 echo
 echo "report: $PWD/demo-runs/report/report.md (tables, CSV and plots in demo-runs/report/)"
-echo "store:  $PWD/$DB   (try: sqlite3 -header -column $DB 'SELECT * FROM latest_val_loss')"
+echo "store:  $PWD/$DB   (try: $MOELAB db query 'SELECT * FROM latest_val_loss' --db $DB)"

@@ -133,7 +133,7 @@ class Trainer {
     if (launch_.rank == 0) {
       store_.emplace(options_.db_path);
       store_->upsert_job(JobRow{job_id_, config_.name, "", config_.to_json().dump(), "{}", config_.train.steps});
-      store_->set_job_status(job_id_, "running");
+      store_->set_job_status(job_id_, JobStatus::running);
       std::string started = resumed_.step ? "resumed from step " + std::to_string(resumed_.step) : "started";
       if (launch_.distributed()) started += " on " + std::to_string(launch_.world_size) + " data-parallel ranks";
       store_->log_event(job_id_, "info", started);
@@ -418,12 +418,12 @@ class Trainer {
     try {
       record_peak_memory();
       if (code == kExitOk) {
-        store_->set_job_status(job_id_, "done", "", code);
+        store_->set_job_status(job_id_, JobStatus::done, "", code);
       } else if (code == kExitInterrupted) {
-        store_->set_job_status(job_id_, "interrupted", "", code);
+        store_->set_job_status(job_id_, JobStatus::interrupted, "", code);
         store_->log_event(job_id_, "info", "interrupted; checkpoint written, resume with --resume");
       } else {
-        store_->set_job_status(job_id_, "failed", error_, code);
+        store_->set_job_status(job_id_, JobStatus::failed, error_, code);
         store_->log_event(job_id_, "error", error_);
       }
     } catch (const std::exception& e) {
@@ -468,7 +468,7 @@ void install_stop_handlers() {
 int train_job(const JobConfig& config, const TrainOptions& options) {
   const LaunchRank launch = launch_rank_from_environment();  // data_parallel.hpp: the launch contract
   TrainOptions resolved = options;
-  if (resolved.run_dir.empty()) resolved.run_dir = (std::filesystem::path("runs") / config.hash()).string();
+  if (resolved.run_dir.empty()) resolved.run_dir = default_job_run_dir(config.hash());
   resolved.progress = options.progress && launch.rank == 0;
   const bool new_run_dir = !std::filesystem::exists(resolved.run_dir);
   std::optional<ProcessLock> lock;  // rank 0 writes, so rank 0 holds the run directory

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "db/default_paths.hpp"
 #include "engine/config/job_config.hpp"
 
 namespace moelab {
@@ -18,8 +19,8 @@ enum ExitCode : int {
 };
 
 struct TrainOptions {
-  std::string db_path = "runs/moelab.db";
-  std::string run_dir;      // checkpoints; default runs/<job id>
+  std::string db_path = kDefaultStorePath;
+  std::string run_dir;      // checkpoints; default default_job_run_dir(<job id>)
   bool resume = false;      // continue from the newest checkpoint in run_dir if there is one
   bool progress = true;     // the live progress line on stderr
   int stop_after = 0;       // test hook: behave as if interrupted after this step (0: never)

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "db/schema.hpp"
@@ -217,7 +218,7 @@ TEST_F(StoreTest, RowsForUnknownJobsAreRejectedNamingTheJob) {
       [&] { s.put_checkpoint(CheckpointRow{"ghost", 1, "x.pt", "aa"}); },
       [&] { s.put_eval(EvalRow{"ghost", 1, "piqa", "acc", 0.5, 0.1, 10, "x"}); },
       [&] { s.log_event("ghost", "info", "hello"); },
-      [&] { s.set_job_status("ghost", "running"); },
+      [&] { s.set_job_status("ghost", JobStatus::running); },
   };
   for (size_t i = 0; i < writes.size(); ++i) {
     auto message = message_of(writes[i]);
@@ -239,8 +240,6 @@ TEST_F(StoreTest, UpsertingAJobKeepsItsConfigAndWhatItsSweepRecorded) {
   // Both studies keep the job, each with the axes it gave it: a report of either one finds it.
   EXPECT_EQ(s.query("SELECT sweep, axes_json FROM sweep_jobs WHERE job_id = 'a' ORDER BY sweep"),
             (std::vector<std::vector<std::string>>{{"other", R"({"seed":2})"}, {"study", R"({"seed":0})"}}));
-  EXPECT_EQ(s.query("SELECT id FROM jobs WHERE " + in_sweep("study")), (std::vector<std::vector<std::string>>{{"a"}}));
-  EXPECT_EQ(in_sweep("it's", "j.id"), "j.id IN (SELECT job_id FROM sweep_jobs WHERE sweep = 'it''s')");
 }
 
 TEST_F(StoreTest, MigratingAVersion1StoreKeepsEachJobInItsSweep) {
@@ -271,7 +270,7 @@ TEST_F(StoreTest, PeakMemoryColumnsArriveEmptyAndOnlyRise) {
   {
     Store job(path("job.db"));
     add_job(job, "a", "{}");
-    job.set_job_status("a", "running");
+    job.set_job_status("a", JobStatus::running);
     job.record_peak_memory("a", 500 << 20, int64_t(7) << 30);
   }
   s.merge_job_store(path("job.db"));
@@ -294,7 +293,7 @@ TEST_F(StoreTest, ViewsAnswerTheObviousQuestions) {
   EXPECT_EQ(s.query("SELECT job_id, axis, value FROM job_axes ORDER BY job_id, axis"),
             (std::vector<std::vector<std::string>>{
                 {"a", "model.router", "kern"}, {"a", "seed", "1"}, {"b", "model.router", "softmax"}, {"b", "seed", "1"}}));
-  s.set_job_status("a", "running");
+  s.set_job_status("a", JobStatus::running);
   EXPECT_EQ(s.query("SELECT job_id, name, status, step, total_steps, train_loss FROM job_progress ORDER BY job_id"),
             (std::vector<std::vector<std::string>>{{"a", "job-a", "running", "250", "100", "2.5"},
                                                    {"b", "job-b", "queued", "", "100", ""}}));
@@ -324,27 +323,25 @@ TEST_F(StoreTest, StatusTransitionsCountAttemptsAndStampTimes) {
   Store s(path());
   add_job(s, "a");
   add_job(s, "b");
-  EXPECT_EQ(s.job_status("a"), "queued");
+  EXPECT_EQ(s.job_status("a"), JobStatus::queued);
   EXPECT_EQ(s.job_status("nobody"), std::nullopt);
-  s.set_job_status("a", "running");
+  s.set_job_status("a", JobStatus::running);
   EXPECT_EQ(one(s, "SELECT attempts || ':' || (started_at > 0) || ':' || (finished_at IS NULL) FROM jobs WHERE id = 'a'"),
             "1:1:1");
-  s.set_job_status("a", "interrupted", "", 75);
-  s.set_job_status("a", "running");
+  s.set_job_status("a", JobStatus::interrupted, "", 75);
+  s.set_job_status("a", JobStatus::running);
   EXPECT_EQ(one(s, "SELECT attempts || ':' || (finished_at IS NULL) FROM jobs WHERE id = 'a'"), "2:1");
-  s.set_job_status("a", "failed", "boom", 3);
+  s.set_job_status("a", JobStatus::failed, "boom", 3);
   EXPECT_EQ(one(s, "SELECT status || ':' || error || ':' || exit_code || ':' || (finished_at >= started_at) || ':' || "
                    "attempts FROM jobs WHERE id = 'a'"),
             "failed:boom:3:1:2");
-  s.set_job_status("b", "running");
-  s.set_job_status("b", "done", "", 0);
+  s.set_job_status("b", JobStatus::running);
+  s.set_job_status("b", JobStatus::done, "", 0);
   EXPECT_EQ(one(s, "SELECT status || ':' || exit_code || ':' || (finished_at >= started_at) FROM jobs WHERE id = 'b'"),
             "done:0:1");
   s.count_attempt("b");  // a retry that died before it could say it was running
   EXPECT_EQ(one(s, "SELECT attempts FROM jobs WHERE id = 'b'"), "2");
-  auto message = message_of([&] { s.set_job_status("b", "finished"); });
-  EXPECT_NE(message.find("finished"), std::string::npos) << message;
-  EXPECT_EQ(s.job_status("b"), "done");
+  EXPECT_EQ(s.job_status("b"), JobStatus::done);
 }
 
 TEST_F(StoreTest, QueryRefusesWritesAndNamesFailingStatements) {
@@ -370,7 +367,7 @@ TEST_F(StoreTest, MergingAJobsOwnStoreIsIdempotent) {
   {
     Store job(path("job.db"));
     add_job(job, "a");
-    job.set_job_status("a", "running");
+    job.set_job_status("a", JobStatus::running);
     job.put_metric(metric("a", 10, "train", 3.0));
     job.put_eval(EvalRow{"a", 10, "piqa", "acc", 0.6, 0.01, 100, "fixture:piqa"});
     job.log_event("a", "info", "started on node1");
@@ -545,3 +542,251 @@ TEST_F(StoreTest, HundredThousandUpsertsInOneTransaction) {
 }
 
 }  // namespace
+
+// ---- typed reads: what the runners, `sweep status`, eval and reports read, with bound parameters
+
+TEST(JobStatusText, EveryStatusHasOneNameAndUnknownTextIsNamed) {
+  const std::vector<std::pair<JobStatus, std::string>> names = {
+      {JobStatus::queued, "queued"}, {JobStatus::running, "running"},         {JobStatus::done, "done"},
+      {JobStatus::failed, "failed"}, {JobStatus::interrupted, "interrupted"}, {JobStatus::cancelled, "cancelled"}};
+  for (auto& [status, name] : names) {
+    EXPECT_EQ(to_string(status), name);
+    EXPECT_EQ(parse_job_status(name), status);
+    EXPECT_EQ(is_terminal(status), name != "queued" && name != "running") << name;
+    EXPECT_EQ(is_queued_or_running(status), !is_terminal(status)) << name;
+  }
+  try {
+    parse_job_status("finished");
+    ADD_FAILURE() << "'finished' parsed";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'finished'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("queued, running, done, failed, interrupted, cancelled"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(status_summary({{JobStatus::done, 2}, {JobStatus::failed, 1}}), "2 done, 1 failed");
+  EXPECT_EQ(status_summary({}), "");
+}
+
+TEST(JobStatusText, EvaluationStatusRoundTripsTheStoredText) {
+  using Stage = EvalStatus::Stage;
+  const std::vector<std::pair<std::string, EvalStatus>> forms = {
+      {"", {Stage::none, ""}},
+      {"running", {Stage::running, ""}},
+      {"done: 6 tasks at step 30", {Stage::done, "6 tasks at step 30"}},
+      {"failed: exit code 3 (see x/eval.log)", {Stage::failed, "exit code 3 (see x/eval.log)"}}};
+  for (auto& [text, status] : forms) {
+    EXPECT_EQ(EvalStatus::parse(text), status) << text;
+    EXPECT_EQ(status.text(), text);
+  }
+  EXPECT_EQ(EvalStatus::parse("done").stage, Stage::done);
+  EXPECT_THROW(EvalStatus::parse("donezo"), std::invalid_argument);
+  EXPECT_THROW(EvalStatus::parse("paused"), std::invalid_argument);
+}
+
+TEST_F(StoreTest, JobStateAndSweepJobsReadBackWhatWasWritten) {
+  Store s(path());
+  // A quote in a sweep name is a value like any other: parameters are bound, not pasted.
+  s.upsert_job(JobRow{"b", "job-b", "it's", R"({"seed":2})", R"({"seed":2})", 50});
+  s.upsert_job(JobRow{"a", "job-a", "it's", R"({"seed":1})", R"({"seed":1})", 100});
+  s.upsert_job(JobRow{"a", "job-a", "other", R"({"seed":1})", R"({"lr":3})", 100});  // a shares both sweeps
+  s.upsert_job(JobRow{"c", "job-c", "", "{}", "{}", 10});                              // in no sweep
+  s.set_job_executor("a", kSlurmExecutor, "77_1", "node1", "/runs/a");
+  s.set_job_status("a", JobStatus::running);
+  s.set_job_status("a", JobStatus::done, "", 0);
+  s.set_eval_status("a", EvalStatus{EvalStatus::Stage::done, "6 tasks at step 100"});
+  s.set_job_status("b", JobStatus::running);
+  s.set_job_status("b", JobStatus::failed, "loss became NaN", 3);
+
+  const JobState a = s.job_state("a").value();
+  EXPECT_EQ(a.status, JobStatus::done);
+  EXPECT_EQ(a.attempts, 1);
+  EXPECT_EQ(a.executor, "slurm");
+  EXPECT_EQ(a.executor_id, "77_1");
+  EXPECT_EQ(a.host, "node1");
+  EXPECT_EQ(a.run_dir, "/runs/a");
+  EXPECT_EQ(a.eval, (EvalStatus{EvalStatus::Stage::done, "6 tasks at step 100"}));
+  EXPECT_EQ(one(s, "SELECT eval_status FROM jobs WHERE id = 'a'"), "done: 6 tasks at step 100");
+  EXPECT_EQ(s.job_state("nobody"), std::nullopt);
+
+  auto jobs = s.sweep_jobs("it's");
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].job.id, "a");  // ordered by id
+  EXPECT_EQ(jobs[0].job.axes_json, R"({"seed":1})");  // this sweep's axes, not the other's
+  EXPECT_EQ(jobs[0].job.sweep, "it's");
+  EXPECT_EQ(jobs[0].job.config_json, R"({"seed":1})");
+  EXPECT_EQ(jobs[0].job.total_steps, 100);
+  EXPECT_EQ(jobs[1].job.id, "b");
+  EXPECT_EQ(jobs[1].job.name, "job-b");
+  EXPECT_EQ(jobs[1].state.status, JobStatus::failed);
+  EXPECT_EQ(jobs[1].state.error, "loss became NaN");
+  EXPECT_EQ(jobs[1].state.executor, "");
+  EXPECT_EQ(s.sweep_jobs("other").at(0).job.axes_json, R"({"lr":3})");
+  EXPECT_TRUE(s.sweep_jobs("it").empty());
+  EXPECT_EQ(s.sweep_names(), (std::vector<std::string>{"it's", "other"}));
+  EXPECT_EQ(s.sweep_run_dirs("it's"), (std::vector<std::string>{"/runs/a"}));
+}
+
+TEST_F(StoreTest, StatusCountsAreOfTheSweepOrOfEveryJobInNameOrder) {
+  Store s(path());
+  for (auto id : {"a", "b", "c", "d"}) add_job(s, id);  // sweep "sweep"
+  s.upsert_job(JobRow{"e", "job-e", "", "{}", "{}", 10});
+  s.set_job_status("a", JobStatus::running);
+  s.set_job_status("b", JobStatus::running);
+  s.set_job_status("b", JobStatus::done);
+  s.set_job_status("c", JobStatus::cancelled);
+  s.set_job_status("e", JobStatus::running);
+  auto as_text = [](const std::vector<StatusCount>& counts) { return status_summary(counts); };
+  EXPECT_EQ(as_text(s.status_counts("sweep")), "1 cancelled, 1 done, 1 queued, 1 running");
+  EXPECT_EQ(as_text(s.status_counts("")), "1 cancelled, 1 done, 1 queued, 2 running");
+  EXPECT_TRUE(s.status_counts("no such sweep").empty());
+  auto counts = s.status_counts("sweep");
+  EXPECT_EQ(counts.at(3).status, JobStatus::running);
+  EXPECT_EQ(counts.at(3).jobs, 1);
+}
+
+TEST_F(StoreTest, AStatusNoMoelabWritesIsAnErrorNamingStoreAndJob) {
+  {
+    Store s(path());
+    add_job(s, "a");
+  }
+  raw_exec(path(), "UPDATE jobs SET status = 'finished' WHERE id = 'a'");
+  Store s(path());
+  auto message = message_of([&] { s.job_state("a"); });
+  EXPECT_NE(message.find(path()), std::string::npos) << message;
+  EXPECT_NE(message.find("job a"), std::string::npos) << message;
+  EXPECT_NE(message.find("'finished'"), std::string::npos) << message;
+  EXPECT_NE(message_of([&] { s.status_counts("sweep"); }).find("'finished'"), std::string::npos);
+}
+
+TEST_F(StoreTest, CheckpointsOfAJobComeOldestFirst) {
+  Store s(path());
+  add_job(s, "a");
+  add_job(s, "b");
+  for (int step : {20, 10, 30}) s.put_checkpoint(CheckpointRow{"a", step, "a/" + std::to_string(step) + ".pt", "h" + std::to_string(step)});
+  s.put_checkpoint(CheckpointRow{"b", 5, "b/5.pt", "x"});
+  auto checkpoints = s.checkpoints("a");
+  ASSERT_EQ(checkpoints.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    const int step = 10 * int(i + 1);
+    EXPECT_EQ(checkpoints[i].job_id, "a");
+    EXPECT_EQ(checkpoints[i].step, step);
+    EXPECT_EQ(checkpoints[i].path, "a/" + std::to_string(step) + ".pt");
+    EXPECT_EQ(checkpoints[i].sha256, "h" + std::to_string(step));
+  }
+  EXPECT_TRUE(s.checkpoints("a' OR '1'='1").empty());
+}
+
+TEST_F(StoreTest, SweepMeasurementsAreTheSweepsOwnOnly) {
+  Store s(path());
+  add_job(s, "a");
+  s.upsert_job(JobRow{"z", "job-z", "elsewhere", "{}", "{}", 10});
+  s.put_metric(metric("a", 20, "val", 2.5));
+  s.put_metric(metric("a", 10, "val", 3.5));
+  s.put_metric(metric("a", 10, "train", 9.0));
+  s.put_metric(metric("z", 10, "val", 1.0));
+  auto val = s.sweep_metrics("sweep", "val");
+  ASSERT_EQ(val.size(), 2u);
+  EXPECT_EQ(val[0].step, 10);
+  EXPECT_DOUBLE_EQ(val[0].loss, 3.5);
+  EXPECT_EQ(val[0].tokens, 10000);
+  EXPECT_EQ(val[0].split, "val");
+  EXPECT_EQ(val[1].step, 20);
+  EXPECT_DOUBLE_EQ(val[1].loss, 2.5);
+
+  s.put_eval(EvalRow{"a", 20, "piqa", "acc", 0.7, std::nullopt, 90, "fixture:piqa"});
+  s.put_eval(EvalRow{"a", 10, "piqa", "acc", 0.6, 0.01, 100, "hf:piqa"});
+  s.put_eval(EvalRow{"z", 10, "piqa", "acc", 0.1, 0.01, 100, "hf:piqa"});
+  auto evals = s.sweep_evals("sweep");
+  ASSERT_EQ(evals.size(), 2u);
+  EXPECT_EQ(evals[0].step, 10);  // oldest first
+  EXPECT_DOUBLE_EQ(evals[0].value, 0.6);
+  EXPECT_EQ(evals[0].stderr_value, 0.01);
+  EXPECT_EQ(evals[0].samples, 100);
+  EXPECT_EQ(evals[0].source, "hf:piqa");
+  EXPECT_EQ(evals[1].stderr_value, std::nullopt);  // NULL stays none, not 0
+  EXPECT_EQ(evals[1].task, "piqa");
+  EXPECT_EQ(evals[1].metric, "acc");
+
+  // Step 10 is older; step 20's two layers are averaged.
+  s.put_routing(RoutingRow{"a", 10, 0, {1.0}, 9, 9, 9, 9, 9, 9});
+  s.put_routing(RoutingRow{"a", 20, 0, {0.5, 0.5}, 0.2, 1.0, 0, 2.0, 0.1, 0.3});
+  s.put_routing(RoutingRow{"a", 20, 1, {0.5, 0.5}, 0.4, 2.0, 1, 1.0, 0.3, 0.5});
+  s.put_routing(RoutingRow{"z", 20, 0, {1.0}, 5, 5, 5, 5, 5, 5});
+  auto routing = s.sweep_routing_means("sweep");
+  ASSERT_EQ(routing.size(), 1u);
+  EXPECT_EQ(routing[0].job_id, "a");
+  EXPECT_EQ(routing[0].step, 20);
+  EXPECT_DOUBLE_EQ(routing[0].load_std, 0.3);
+  EXPECT_DOUBLE_EQ(routing[0].load_max_over_mean, 1.5);
+  EXPECT_DOUBLE_EQ(routing[0].dead_experts, 0.5);
+  EXPECT_DOUBLE_EQ(routing[0].positive_gates, 1.5);
+  EXPECT_DOUBLE_EQ(routing[0].fewer_than_k, 0.2);
+  EXPECT_DOUBLE_EQ(routing[0].router_cosine, 0.4);
+}
+
+TEST_F(StoreTest, JobProgressShowsStepLossesEtaAndPeaks) {
+  Store s(path());
+  const std::string config = R"({"model":{"seq_len":8},"train":{"batch_size":4}})";
+  s.upsert_job(JobRow{"r", "b-running", "sweep", config, R"({"seed":1})", 100});
+  s.upsert_job(JobRow{"q", "a-queued", "sweep", config, "{}", 100});
+  s.upsert_job(JobRow{"x", "c-elsewhere", "", config, "{}", 100});
+  s.set_job_status("r", JobStatus::running);
+  s.set_job_executor("r", kLocalExecutor, "4242", "host", "/runs/r");
+  s.record_peak_memory("r", int64_t(3) << 20, int64_t(3) << 29);
+  s.put_metric(MetricRow{"r", 40, "train", 2.0, 0, 1e-3, 0.5, 500, 1.0});
+  s.put_metric(MetricRow{"r", 50, "train", 1.5, 0, 1e-3, 0.5, 1000, 2.0});
+  s.put_metric(MetricRow{"r", 50, "val", 1.75, 0, 1e-3, 0, 0, 2.0});
+  auto progress = s.job_progress("sweep");
+  ASSERT_EQ(progress.size(), 2u);
+  const JobProgress& q = progress[0];  // ordered by name
+  EXPECT_EQ(q.id, "q");
+  EXPECT_EQ(q.status, JobStatus::queued);
+  EXPECT_EQ(q.step, 0);
+  EXPECT_EQ(q.train_loss, std::nullopt);
+  EXPECT_EQ(q.val_loss, std::nullopt);
+  EXPECT_EQ(q.eta_seconds, std::nullopt);
+  EXPECT_EQ(q.peak_resident_bytes, std::nullopt);
+  const JobProgress& r = progress[1];
+  EXPECT_EQ(r.id, "r");
+  EXPECT_EQ(r.name, "b-running");
+  EXPECT_EQ(r.status, JobStatus::running);
+  EXPECT_EQ(r.step, 50);
+  EXPECT_EQ(r.total_steps, 100);
+  EXPECT_EQ(r.train_loss, 1.5);
+  EXPECT_EQ(r.val_loss, 1.75);
+  ASSERT_TRUE(r.eta_seconds);
+  EXPECT_DOUBLE_EQ(*r.eta_seconds, 50 * 4 * 8 / 1000.0);  // steps left x tokens per step / tokens per s
+  EXPECT_EQ(r.peak_resident_bytes, int64_t(3) << 20);
+  EXPECT_EQ(r.peak_gpu_bytes, int64_t(3) << 29);
+  EXPECT_EQ(r.executor_id, "4242");
+  EXPECT_EQ(r.attempts, 1);
+  EXPECT_EQ(r.axes_json, R"({"seed":1})");
+  EXPECT_EQ(s.job_progress("").size(), 3u);
+  s.set_job_status("r", JobStatus::interrupted);
+  EXPECT_EQ(s.job_progress("sweep")[1].eta_seconds, std::nullopt);  // only a running job has an ETA
+}
+
+// SQL lives in db/; only `moelab db query` passes a user's statement through. A statement anywhere
+// else in moelab's own code and scripts (C++, Python, shell) fails this test, naming file and line.
+TEST(SqlPlace, NoSqlOutsideDb) {
+  const fs::path root = MOELAB_SOURCE_DIR;
+  const std::regex sql(R"((SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|PRAGMA\s+\w|ATTACH\s+DATABASE|CREATE\s+(TABLE|VIEW|INDEX)))");
+  std::vector<std::string> found;
+  for (auto folder : {"runner", "engine", "eval", "reports", "scripts", "bench"}) {
+    for (auto& entry : fs::recursive_directory_iterator(root / folder)) {
+      const auto ext = entry.path().extension();
+      if (ext != ".cpp" && ext != ".hpp" && ext != ".py" && ext != ".sh") continue;
+      std::ifstream in(entry.path());
+      int number = 0;
+      for (std::string line; std::getline(in, line);) {
+        ++number;
+        const bool through_db_query = line.find("db query") != std::string::npos;
+        if (std::regex_search(line, sql) && !through_db_query) found.push_back(fs::relative(entry.path(), root).string() + ":" + std::to_string(number) + ": " + line);
+      }
+    }
+  }
+  std::string listing;
+  for (auto& f : found) listing += f + "\n";
+  EXPECT_TRUE(found.empty()) << listing;
+  // The check itself finds what it looks for.
+  EXPECT_TRUE(std::regex_search(std::string(R"(store.query("SELECT id FROM jobs"))"), sql));
+}

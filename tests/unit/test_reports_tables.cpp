@@ -39,8 +39,9 @@ struct Fixture {
     for (auto& o : overrides) apply_override(config, o);
     auto job = parse_job_config(config);
     store.upsert_job({job.hash(), sweep + "-" + job.model.router_label(), sweep, job.to_json().dump(), "{}", job.train.steps});
-    if (status != "queued") store.set_job_status(job.hash(), "running");
-    if (status != "running" && status != "queued") store.set_job_status(job.hash(), status, status == "failed" ? "exit 3: loss became NaN\nmore" : "");
+    if (status != "queued") store.set_job_status(job.hash(), JobStatus::running);
+    if (status != "running" && status != "queued")
+      store.set_job_status(job.hash(), parse_job_status(status), status == "failed" ? "exit 3: loss became NaN\nmore" : "");
     return job.hash();
   }
   void val(const std::string& job, int64_t step, double loss) {
