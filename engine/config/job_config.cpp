@@ -1,6 +1,7 @@
 #include "engine/config/job_config.hpp"
 
 #include "engine/config/hashing.hpp"
+#include "engine/config/router_registry.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -110,10 +111,6 @@ class ObjectReader {
   std::set<std::string> known_;
 };
 
-const std::map<std::string, RouterKind> kRouters = {
-    {"dense", RouterKind::Dense}, {"softmax", RouterKind::Softmax}, {"sigmoid", RouterKind::Sigmoid},
-    {"tanh", RouterKind::Tanh},   {"kern", RouterKind::Kern},       {"kmeans", RouterKind::KMeans}};
-
 const std::map<std::string, Balance> kBalances = {
     {"none", Balance::None}, {"aux_loss", Balance::AuxLoss}, {"aux_free", Balance::AuxFree}};
 
@@ -154,10 +151,6 @@ void parse_model(const json& j, ModelConfig& m) {
   r.read("centroid_decay", m.centroid_decay, kUnitInterval);
   if (auto* k = r.child("kern")) parse_kern(*k, m.kern);
   r.reject_unknown_keys();
-  // Aliases from the paper's appendices resolve to KERN with the matching option, so that
-  // "kern_no_relu" and {"router":"kern","kern":{"relu":false}} are one job.
-  if (m.router == "kern_no_relu") m.router = "kern", m.kern.relu = false;
-  if (m.router == "kern_after_topk") m.router = "kern", m.kern.after_topk = true;
 }
 
 void parse_train(const json& j, TrainConfig& t) {
@@ -219,26 +212,13 @@ void require_one_of(const std::string& v, std::initializer_list<const char*> all
 
 }  // namespace
 
-RouterKind ModelConfig::router_kind() const { return kRouters.at(router); }
 Balance ModelConfig::balance_kind() const { return kBalances.at(balance); }
-
-std::string ModelConfig::router_label() const {
-  if (router != "kern") return router;
-  std::string label = "kern";
-  if (!kern.relu) label += "_no_relu";
-  if (kern.after_topk) label += "_after_topk";
-  if (kern.init == "monte_carlo") label += "_mc";
-  return label;
-}
 
 namespace {
 
 // Fields that take one of a few names: checked whenever a config is parsed, even partially.
 void check_names(const JobConfig& c) {
   const auto& m = c.model;
-  if (!kRouters.count(m.router))
-    throw ConfigError("model.router: unknown router \"" + m.router + "\" (expected one of: " + names_of(kRouters) +
-                      ", kern_no_relu, kern_after_topk)");
   if (!kBalances.count(m.balance))
     throw ConfigError("model.balance: unknown value \"" + m.balance + "\" (expected one of: " + names_of(kBalances) + ")");
   require_one_of(m.kern.init, {"one", "monte_carlo"}, "model.kern.init");
@@ -276,8 +256,9 @@ void validate(const JobConfig& c) {
     });
   }
   require(m.balance != "aux_loss" || m.aux_loss_coef > 0, "model.aux_loss_coef", "balance \"aux_loss\" needs a coefficient > 0");
-  require(m.router != "kmeans" || m.balance != "aux_loss", "model.balance",
-          "the kmeans router has no parameters for an auxiliary loss to train; it balances with its own bias");
+  require(router_row(m.router).trained_by_gradient || m.balance != "aux_loss", "model.balance", [&] {
+    return "the " + m.router + " router has no parameters for an auxiliary loss to train; it balances with its own bias";
+  });
 
   require(t.batch_size % t.micro_batch == 0, "train.batch_size", [&] {
     return "batch_size " + std::to_string(t.batch_size) + " is not divisible by micro_batch " + std::to_string(t.micro_batch);
@@ -297,6 +278,7 @@ JobConfig parse_job_config(const json& j, bool cross_checks) {
   if (auto* t = r.child("train")) parse_train(*t, c.train);
   if (auto* d = r.child("data")) parse_data(*d, c.data);
   r.reject_unknown_keys();
+  resolve_router_name(c.model);  // an alias becomes its router and options; an unknown name is refused
   if (cross_checks)
     validate(c);
   else
