@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "engine/config/job_config.hpp"
+#include "engine/config/router_registry.hpp"
 #include "engine/model/cross_entropy.hpp"
 #include "engine/model/gated_gelu.hpp"
 #include "engine/model/gpt.hpp"
@@ -27,7 +28,7 @@ namespace {
 ModelConfig paper_layer(const std::string& router) {
   ModelConfig m;
   m.router = router;
-  if (router == "kern_after_topk") m.router = "kern", m.kern.after_topk = true;
+  resolve_router_name(m);  // "kern_after_topk": KERN with its option
   return m;
 }
 

@@ -6,9 +6,10 @@ plots.json: {"formats": ["png", "svg"], "figures": [figure, ...]}, a figure bein
   {"name", "title", "xlabel", "ylabel", "xscale": "linear" | "log2" (optional, default linear),
    "xticks": [...], "xticklabels": [...]  (optional: a categorical axis),
    "series": [{"label", "x": [...], "y": [...], "low": [...], "high": [...]  (optional band),
-               "style": "ours" | "paper"}]}
+               "style": "ours" | "paper", "colour": "#rrggbb" (optional)}]}
 y, low and high may hold null for a missing point; a series with no points is skipped (a warning),
-a figure with none says "no data". A router keeps its colour in every figure.
+a figure with none says "no data". A router keeps its colour in every figure: moelab report writes
+each router's colour from the router registry (engine/config/router_registry.cpp) into its series.
 Bad input: a message naming the figure and the problem on stderr, exit 2, and no file written.
 """
 import json
@@ -20,12 +21,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display here or on cluster nodes
+import matplotlib.colors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-# One colour per router in every figure, so "kern" is the same red in all of them.
-ROUTER_COLOURS = {"dense": "#7f7f7f", "softmax": "#1f77b4", "sigmoid": "#2ca02c", "tanh": "#ff7f0e",
-                  "kern": "#d62728", "kern_no_relu": "#9467bd", "kern_after_topk": "#8c564b",
-                  "kern_mc": "#bcbd22", "kmeans": "#e377c2"}
+# For series without a colour of their own (a router the registry has none for).
 OTHER_COLOURS = ["#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 FIGURE_KEYS = ("name", "title", "xlabel", "ylabel", "series")
 
@@ -34,11 +33,11 @@ class BadInput(Exception):
     pass
 
 
-def colour_of(label):
-    # Labels are "<router> [setting=value ...]": colour by router. Other routers get a colour from
-    # a checksum of the name (not hash(), which is salted per run), so it agrees across figures.
-    router = label.split(" ")[0]
-    return ROUTER_COLOURS.get(router) or OTHER_COLOURS[zlib.crc32(router.encode()) % len(OTHER_COLOURS)]
+def colour_of(s):
+    # Labels are "<router> [setting=value ...]": a series without a colour is coloured by a checksum
+    # of its router (not hash(), which is salted per run), so that it agrees across figures.
+    router = s["label"].split(" ")[0]
+    return s.get("colour") or OTHER_COLOURS[zlib.crc32(router.encode()) % len(OTHER_COLOURS)]
 
 
 def is_number(v, nullable):
@@ -51,6 +50,9 @@ def check_series(s, where):
     where += f", series {s['label']}"
     if s.get("style", "ours") not in ("ours", "paper"):
         raise BadInput(f"{where}: style must be \"ours\" or \"paper\", not {s['style']!r}")
+    colour = s.get("colour")
+    if colour is not None and not (isinstance(colour, str) and matplotlib.colors.is_color_like(colour)):
+        raise BadInput(f"{where}: colour must be a colour such as \"#1f77b4\", not {colour!r}")
     x, y = s.get("x"), s.get("y")
     if not isinstance(x, list) or not isinstance(y, list) or len(x) != len(y):
         raise BadInput(f"{where}: x and y must be lists of equal length")
@@ -103,7 +105,7 @@ def draw_series(ax, s, figure_name):
     if not x:
         print(f"plot.py: figure {figure_name}: series {s['label']} has no points; skipped", file=sys.stderr)
         return False
-    colour = colour_of(s["label"])
+    colour = colour_of(s)
     if s.get("style") == "paper":  # the paper's figures: same colour as ours, dashed and hollow
         ax.plot(x, y, linestyle="--", marker="o", markerfacecolor="none", color=colour, label=s["label"] + " (paper)")
     else:

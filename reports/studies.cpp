@@ -5,6 +5,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "engine/config/router_registry.hpp"
 #include "eval/tasks.hpp"
 #include "reports/statistics.hpp"
 
@@ -99,8 +100,15 @@ void note_paper(Table& t, const PaperReference* paper, bool matched, const std::
                                   "): there is nothing to put beside it.");
 }
 
-// A figure series from (x, y) points; low/high bands when given.
-nlohmann::json series(const std::string& label, const std::string& style, const std::vector<double>& x,
+std::string group_label(const Group& g) {
+  std::string label = g.router;
+  for (auto& [path, value] : g.setting) label += " " + short_name(path) + "=" + value;
+  return label;
+}
+
+// A group's figure series from (x, y) points; low/high bands when given. It carries its router's
+// colour from the registry, so that a router has one colour in every figure.
+nlohmann::json series(const Group& g, const std::string& style, const std::vector<double>& x,
                       const std::vector<std::optional<double>>& y, const std::vector<std::optional<double>>& low = {},
                       const std::vector<std::optional<double>>& high = {}) {
   auto values = [](const std::vector<std::optional<double>>& v) {
@@ -108,18 +116,13 @@ nlohmann::json series(const std::string& label, const std::string& style, const 
     for (auto& e : v) out.push_back(e ? nlohmann::json(*e) : nlohmann::json(nullptr));
     return out;
   };
-  nlohmann::json s{{"label", label}, {"style", style}, {"x", x}, {"y", values(y)}};
+  nlohmann::json s{{"label", group_label(g)}, {"style", style}, {"x", x}, {"y", values(y)}};
+  if (auto colour = router_colour(g.router); !colour.empty()) s["colour"] = colour;
   if (!low.empty()) {
     s["low"] = values(low);
     s["high"] = values(high);
   }
   return s;
-}
-
-std::string group_label(const Group& g) {
-  std::string label = g.router;
-  for (auto& [path, value] : g.setting) label += " " + short_name(path) + "=" + value;
-  return label;
 }
 
 // ---- routers: validation loss per router at each evaluation step (Table 3) ----
@@ -154,7 +157,7 @@ StudyOutput routers_study(const SweepResults& r, const PaperReference* paper) {
       high.push_back(s.stddev ? std::optional<double>(s.mean + *s.stddev) : s.mean);
     }
     t.add_row(std::move(row));
-    figure["series"].push_back(series(group_label(g), "ours", x, mean, low, high));
+    figure["series"].push_back(series(g, "ours", x, mean, low, high));
     auto key = group_paper_key(g, paper);
     if (!key) continue;
     auto published = paper->loss_by_step(*key);
@@ -169,7 +172,7 @@ StudyOutput routers_study(const SweepResults& r, const PaperReference* paper) {
     std::vector<double> px;
     std::vector<std::optional<double>> py;
     for (auto& [step, loss] : published) px.push_back(double(step)), py.push_back(loss);
-    figure["series"].push_back(series(group_label(g), "paper", px, py));
+    figure["series"].push_back(series(g, "paper", px, py));
   }
   note_paper(t, paper, matched, "Table 3, Table 4's means and the 5K/50K losses quoted in its text");
   return {{t}, {figure}};
@@ -292,14 +295,14 @@ StudyOutput shape_study(const SweepResults& r, const PaperReference* paper, cons
     }
     row[key_columns(r, s.shape_paths, paper != nullptr).size() - 1] = Cell::of(double(seeds.size()));
     t.add_row(std::move(row));
-    figure["series"].push_back(series(group_label(g), "ours", x, y));
+    figure["series"].push_back(series(g, "ours", x, y));
     if (std::none_of(paper_cells.begin(), paper_cells.end(), [](const Cell& c) { return c.number.has_value(); })) continue;
     matched = true;
     auto paper_row = key_cells(g, "paper (50K steps)", true, std::nullopt);
     std::vector<std::optional<double>> py;
     for (auto& cell : paper_cells) paper_row.push_back(cell), py.push_back(cell.number);
     t.add_row(std::move(paper_row));
-    figure["series"].push_back(series(group_label(g), "paper", x, py));
+    figure["series"].push_back(series(g, "paper", x, py));
   }
   note_paper(t, paper, matched, s.paper_which);
   return {{t}, {figure}};

@@ -5,16 +5,18 @@
 #include <stdexcept>
 
 #include "db/store.hpp"
+#include "engine/config/router_registry.hpp"
 
 namespace moelab {
 namespace {
 
-// Fields that never separate two rows of a table: the seed is averaged over, the router is the row
-// itself, and the rest say where or how a job ran, not what it computed.
+
+// Fields that never separate two rows of a table: the seed is averaged over, the router (with its
+// options) is the row itself, and the rest say where or how a job ran, not what it computed.
 bool is_setting_path(const std::string& path) {
-  static const std::set<std::string> excluded = {"name", "seed", "model.router", "train.device", "train.threads",
+  static const std::set<std::string> excluded = {"name", "seed", "train.device", "train.threads",
                                                  "train.keep_checkpoints", "train.keep_every"};
-  return !excluded.count(path) && !path.starts_with("model.kern.");
+  return !excluded.count(path) && !is_router_path(path);
 }
 
 void flatten(const nlohmann::json& value, const std::string& path, std::map<std::string, std::string>& out) {
@@ -79,13 +81,6 @@ std::vector<std::string> assign_settings(std::vector<JobResult>& jobs) {
 
 }  // namespace
 
-int router_rank(const std::string& router) {
-  static const std::vector<std::string> order = {"dense", "softmax",         "sigmoid", "tanh",  "kern",
-                                                 "kern_no_relu", "kern_after_topk", "kern_mc", "kmeans"};
-  auto it = std::find(order.begin(), order.end(), router);
-  return it == order.end() ? int(order.size()) : int(it - order.begin());
-}
-
 std::optional<double> JobResult::final_loss() const {
   auto it = val_loss.find(config.train.steps);
   return it == val_loss.end() ? std::nullopt : std::optional<double>(it->second);
@@ -105,7 +100,7 @@ SweepResults load_sweep_results(const Store& store, const std::string& sweep) {
   read_measurements(store, sweep, by_id);
   results.setting_paths = assign_settings(results.jobs);
   std::stable_sort(results.jobs.begin(), results.jobs.end(), [&](const JobResult& a, const JobResult& b) {
-    if (router_rank(a.router) != router_rank(b.router)) return router_rank(a.router) < router_rank(b.router);
+    if (router_order(a.router) != router_order(b.router)) return router_order(a.router) < router_order(b.router);
     if (a.router != b.router) return a.router < b.router;
     for (auto& path : results.setting_paths)
       if (a.setting.at(path) != b.setting.at(path)) return setting_value_less(a.setting.at(path), b.setting.at(path));

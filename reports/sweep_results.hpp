@@ -37,7 +37,7 @@ struct JobResult {
 
 struct SweepResults {
   std::string name;
-  std::vector<JobResult> jobs;  // ordered by router (paper order), then setting, then seed
+  std::vector<JobResult> jobs;  // ordered by router (the registry's order), then setting, then seed
   // Dotted config paths whose values differ between jobs, less the seed and the router's identity:
   // what separates one row of a table from another besides the router (e.g. model.seq_len).
   std::vector<std::string> setting_paths;
@@ -48,8 +48,5 @@ SweepResults load_sweep_results(const Store& store, const std::string& sweep);
 
 // Orders setting values as numbers when both are numbers (8 before 16), else as text.
 bool setting_value_less(const std::string& a, const std::string& b);
-
-// Routers in the paper's order (dense, softmax, sigmoid, tanh, kern and its variants, kmeans), others after.
-int router_rank(const std::string& router);
 
 }  // namespace moelab

@@ -1,6 +1,7 @@
 #include "engine/config/job_config.hpp"
 
 #include "engine/config/config_schema.hpp"
+#include "engine/config/router_registry.hpp"
 
 #include <algorithm>
 #include <fstream>
@@ -16,15 +17,6 @@ using nlohmann::json;
 
 constexpr long long kIntMax = std::numeric_limits<int>::max();
 
-const std::map<std::string, RouterKind> kRouters = {
-    {"dense", RouterKind::Dense}, {"softmax", RouterKind::Softmax}, {"sigmoid", RouterKind::Sigmoid},
-    {"tanh", RouterKind::Tanh},   {"kern", RouterKind::Kern},       {"kmeans", RouterKind::KMeans}};
-
-// Aliases from the paper's appendices: KERN with one option set, so that "kern_no_relu" and
-// {"router": "kern", "kern": {"relu": false}} are one job.
-const std::vector<std::pair<std::string, void (*)(KernOptions&)>> kKernAliases = {
-    {"kern_no_relu", [](KernOptions& k) { k.relu = false; }},
-    {"kern_after_topk", [](KernOptions& k) { k.after_topk = true; }}};
 
 const std::map<std::string, Balance> kBalances = {
     {"none", Balance::None}, {"aux_loss", Balance::AuxLoss}, {"aux_free", Balance::AuxFree}};
@@ -36,23 +28,29 @@ std::vector<std::string> names_of(const Table& table) {
   return names;
 }
 
+// model.router's accepted values: each registry row's name, then the variants that are aliases.
+std::vector<std::string> accepted_router_names() {
+  std::vector<std::string> names;
+  for (auto& row : router_rows()) names.push_back(row.name);
+  for (auto& row : router_rows())
+    for (auto& variant : row.variants)
+      if (variant.alias) names.push_back(row.name + variant.suffix);
+  return names;
+}
+
 std::string router_names() {
   std::string list;
-  for (auto& name : names_of(kRouters)) list += (list.empty() ? "" : ", ") + name;
-  for (auto& name : names_of(kKernAliases)) list += ", " + name;
+  for (auto& name : accepted_router_names()) list += (list.empty() ? "" : ", ") + name;
   return list;
 }
 
 void check_router_name(const std::string& name, const std::string& where) {
-  if (!kRouters.count(name) && std::none_of(kKernAliases.begin(), kKernAliases.end(), [&](auto& a) { return a.first == name; }))
-    throw ConfigError(where + ": unknown router \"" + name + "\" (expected one of: " + router_names() + ")");
+  const auto names = accepted_router_names();
+  if (std::find(names.begin(), names.end(), name) == names.end())
+    throw ConfigError(where + ": unknown router \"" + name + "\" (expected one of: " + router_names() + ")" +
+                      did_you_mean(name, names));
 }
 
-// Read after the kern options, so that an alias wins over what the config says of its option.
-void resolve_router_alias(ModelConfig& m) {
-  for (auto& [alias, set_option] : kKernAliases)
-    if (m.router == alias) m.router = "kern", set_option(m.kern);
-}
 
 // Messages are built only when a check fails: validation runs once per job of a sweep, and a sweep
 // can have 100,000 jobs.
@@ -158,17 +156,8 @@ const ConfigSchema& job_config_schema() {
   return schema;
 }
 
-RouterKind ModelConfig::router_kind() const { return kRouters.at(router); }
 Balance ModelConfig::balance_kind() const { return kBalances.at(balance); }
 
-std::string ModelConfig::router_label() const {
-  if (router != "kern") return router;
-  std::string label = "kern";
-  if (!kern.relu) label += "_no_relu";
-  if (kern.after_topk) label += "_after_topk";
-  if (kern.init == "monte_carlo") label += "_mc";
-  return label;
-}
 
 void validate(const JobConfig& c) {
   const auto& m = c.model;
@@ -194,8 +183,9 @@ void validate(const JobConfig& c) {
     });
   }
   require(m.balance != "aux_loss" || m.aux_loss_coef > 0, "model.aux_loss_coef", "balance \"aux_loss\" needs a coefficient > 0");
-  require(m.router != "kmeans" || m.balance != "aux_loss", "model.balance",
-          "the kmeans router has no parameters for an auxiliary loss to train; it balances with its own bias");
+  require(router_row(m.router).trained_by_gradient || m.balance != "aux_loss", "model.balance", [&] {
+    return "the " + m.router + " router has no parameters for an auxiliary loss to train; it balances with its own bias";
+  });
 
   require(t.batch_size % t.micro_batch == 0, "train.batch_size", [&] {
     return "batch_size " + std::to_string(t.batch_size) + " is not divisible by micro_batch " + std::to_string(t.micro_batch);
@@ -209,7 +199,7 @@ void validate(const JobConfig& c) {
 JobConfig parse_job_config(const json& j, bool cross_checks) {
   JobConfig c;
   job_config_schema().read(j, c);
-  resolve_router_alias(c.model);
+  resolve_router_name(c.model);  // an alias becomes its router and options
   if (cross_checks) validate(c);
   return c;
 }

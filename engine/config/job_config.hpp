@@ -19,7 +19,6 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class RouterKind { Dense, Softmax, Sigmoid, Tanh, Kern, KMeans };
 enum class Balance { None, AuxLoss, AuxFree };
 
 struct KernOptions {
@@ -34,7 +33,7 @@ struct ModelConfig {
   int layers = 12;
   int d_model = 768;
   int heads = 12;
-  std::string router = "kern";  // canonical name: dense|softmax|sigmoid|tanh|kern|kmeans
+  std::string router = "kern";  // a row of the router registry (engine/config/router_registry.hpp)
   int experts = 64;             // before granularity
   int top_k = 8;                // before granularity
   int expert_size = 384;        // before granularity
@@ -48,14 +47,14 @@ struct ModelConfig {
   double centroid_decay = 0.99;    // kmeans: EMA decay of expert centroids
   KernOptions kern;
 
-  RouterKind router_kind() const;
   Balance balance_kind() const;
-  bool is_moe() const { return router_kind() != RouterKind::Dense; }
+  bool is_moe() const;  // the router has experts (not "dense"); router_registry.cpp
   int total_experts() const { return experts * granularity; }
   int active_experts() const { return top_k * granularity; }
   int expert_hidden() const { return expert_size / granularity; }
   int dense_hidden() const { return dense_size > 0 ? dense_size : 4 * d_model; }
-  // A name for tables: kern variants get their own label (kern_no_relu, kern_after_topk, kern_mc).
+  // A name for tables: the router's variants get their own label (kern_no_relu, kern_after_topk,
+  // kern_mc); router_registry.cpp.
   std::string router_label() const;
 };
 
@@ -108,7 +107,7 @@ struct JobConfig {
 
 // Parses and validates; throws ConfigError naming the JSON path. Every field is checked against its
 // own domain as it is read (an integer that does not fit is refused, never wrapped). Router aliases
-// ("kern_no_relu", "kern_after_topk") resolve to "kern" with the matching kern options.
+// ("kern_no_relu", "kern_after_topk") resolve to their router with the matching options (router registry).
 // cross_checks=false skips the checks across fields (a sweep's base may be completed by its axes).
 JobConfig parse_job_config(const nlohmann::json& j, bool cross_checks = true);
 // The config file with `--set PATH=VALUE` overrides applied; errors start with the file, or with the

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/config/router_registry.hpp"
 #include "engine/model/cross_entropy.hpp"
 
 namespace moelab {
@@ -103,8 +104,7 @@ ModelSize model_size(const ModelConfig& m) {
   if (m.is_moe()) {
     const int64_t E = m.total_experts(), k = m.active_experts(), h = m.expert_hidden();
     const int64_t expert = d * h + h + h * d + d;
-    int64_t router = m.router_kind() == RouterKind::KMeans ? 0 : E * d + E;
-    if (m.router_kind() == RouterKind::Kern) router += 1;  // gamma
+    const int64_t router = router_row(m.router).parameters(E, d);
     ffn_total = E * expert + router;
     ffn_active = k * expert + router;
   } else {

@@ -1,62 +1,67 @@
 #include "engine/model/router.hpp"
 
-#include <cmath>
-#include <random>
+#include <map>
+#include <stdexcept>
 
-#include "engine/model/kern_gate.hpp"
+#include "engine/config/router_registry.hpp"
 
 namespace moelab {
 namespace {
 
 constexpr double kNormEps = 1e-8;  // keeps norms and sums off zero in divisions
 
-// Gate values over all experts for routers that score every expert before top-k.
-torch::Tensor dense_gates(const torch::Tensor& s, const GateRule& rule, const torch::Tensor& gamma) {
-  switch (rule.kind) {
-    case RouterKind::Softmax: return torch::softmax(s, -1);
-    case RouterKind::Sigmoid: return torch::sigmoid(s);
-    case RouterKind::Tanh: return torch::tanh(s);
-    case RouterKind::Kern: return kern_gate(s, gamma, rule.kern.relu);
-    case RouterKind::KMeans: return s;  // cosine similarities; gates are set to 1/k after selection
-    case RouterKind::Dense: break;
-  }
-  TORCH_CHECK(false, "dense models have no router");
+// A function-local map, so that registrations from other files' static initialisers find it built.
+std::map<std::string, RouterModule>& modules() {
+  static std::map<std::string, RouterModule> registered;
+  return registered;
 }
 
 }  // namespace
 
+bool register_router(const std::string& name, RouterModule module) {
+  modules()[name] = module;
+  return true;
+}
+
+std::vector<std::string> registered_routers() {
+  std::vector<std::string> names;
+  for (auto& [name, module] : modules()) names.push_back(name);
+  return names;
+}
+
+const RouterModule& router_module(const std::string& name) {
+  auto it = modules().find(name);
+  if (it == modules().end())
+    throw std::invalid_argument("router \"" + name + "\" has no module: " +
+                                (router_row(name).has_experts() ? "its file in engine/model/routers/ registers none"
+                                                                : "a model without experts has no router"));
+  return it->second;
+}
+
 GateRule gate_rule(const ModelConfig& m) {
-  return GateRule{m.router_kind(), m.active_experts(), m.renormalize, m.kern};
+  return GateRule{m.router, m.active_experts(), m.renormalize, m.kern};
+}
+
+torch::Tensor top_k_experts(const torch::Tensor& values, const GateRule& rule, const torch::Tensor& selection_bias) {
+  const auto& shifted = selection_bias.defined() ? values + selection_bias : values;
+  return std::get<1>(shifted.topk(rule.top_k, -1));
+}
+
+Routing keep_top_k(const torch::Tensor& gates, const GateRule& rule, const torch::Tensor& selection_bias) {
+  Routing r;
+  r.expert_index = top_k_experts(gates, rule, selection_bias);
+  r.gate = gates.gather(-1, r.expert_index);
+  return r;
 }
 
 Routing route_scores(const torch::Tensor& scores, const GateRule& rule, const torch::Tensor& gamma,
                      const torch::Tensor& selection_bias) {
   // Half-precision scores are promoted; fp64 stays fp64 so gradients can be checked numerically.
   auto s = scores.scalar_type() == torch::kDouble ? scores : scores.to(torch::kFloat);
-  auto shifted = [&](const torch::Tensor& v) { return selection_bias.defined() ? v + selection_bias : v; };
-  Routing r;
-  if (rule.kind == RouterKind::Kern && rule.kern.after_topk) {
-    // KERN-After: choose on raw scores, then normalise over the k kept scores only.
-    r.expert_index = std::get<1>(shifted(s).topk(rule.top_k, -1));
-    r.gate = kern_gate(s.gather(-1, r.expert_index), gamma, rule.kern.relu);
-  } else {
-    auto g = dense_gates(s, rule, gamma);
-    r.expert_index = std::get<1>(shifted(g).topk(rule.top_k, -1));
-    r.gate = rule.kind == RouterKind::KMeans ? torch::full_like(r.expert_index, 1.0 / rule.top_k, s.options())
-                                            : g.gather(-1, r.expert_index);
-  }
+  Routing r = router_module(rule.router).route(s, rule, gamma, selection_bias);
   if (rule.renormalize) r.gate = r.gate / (r.gate.sum(-1, true) + kNormEps);
   r.aux_loss = torch::zeros({}, s.options());
   return r;
-}
-
-double kern_monte_carlo_scale(int experts, const GateRule& rule, int samples, uint64_t seed) {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto y = at::normal(0.0, 1.0, {samples, experts}, generator, torch::kFloat64);
-  auto gate = route_scores(y, rule, torch::ones({}, torch::kFloat64)).gate.to(torch::kFloat64);
-  auto norm = gate.norm(2, -1);
-  auto usable = norm > 0;  // all k kept scores negative under ReLU: no finite scale, vanishingly rare
-  return (1.0 / norm.masked_select(usable)).mean().item<double>();
 }
 
 torch::Tensor count_per_expert(const torch::Tensor& expert_index, int64_t experts) {
@@ -64,20 +69,11 @@ torch::Tensor count_per_expert(const torch::Tensor& expert_index, int64_t expert
   return torch::zeros({experts}, flat.options()).scatter_add_(0, flat, torch::ones_like(flat));
 }
 
-RouterImpl::RouterImpl(const ModelConfig& m, uint64_t seed) : config_(m), rule_(gate_rule(m)) {
+Router::Router(const ModelConfig& m, uint64_t seed) : ModuleHolder(router_module(m.router).make(m, seed)) {}
+
+RouterImpl::RouterImpl(const ModelConfig& m, bool own_selection_bias) : config_(m), rule_(gate_rule(m)) {
   const int E = m.total_experts();
-  if (rule_.kind == RouterKind::KMeans) {
-    auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    auto c = at::normal(0.0, 1.0, {E, m.d_model}, generator);
-    centroids_ = register_buffer("centroids", c / c.norm(2, -1, true));
-  } else {
-    proj_ = register_module("proj", torch::nn::Linear(m.d_model, E));
-  }
-  if (rule_.kind == RouterKind::Kern) {
-    double init = m.kern.init == "monte_carlo" ? kern_monte_carlo_scale(E, rule_, 20000, seed) : 1.0;
-    gamma_ = register_parameter("gamma", torch::full({}, init));
-  }
-  if (m.balance_kind() == Balance::AuxFree || rule_.kind == RouterKind::KMeans)
+  if (m.balance_kind() == Balance::AuxFree || own_selection_bias)
     selection_bias_ = register_buffer("selection_bias", torch::zeros({E}));
   load_counts_ = register_buffer("load_counts", torch::zeros({E}, torch::kFloat64));
   positive_gates_ = register_buffer("positive_gates", torch::zeros({}, torch::kFloat64));
@@ -85,21 +81,20 @@ RouterImpl::RouterImpl(const ModelConfig& m, uint64_t seed) : config_(m), rule_(
   routed_tokens_ = register_buffer("routed_tokens", torch::zeros({}, torch::kFloat64));
 }
 
-torch::Tensor RouterImpl::scores(const torch::Tensor& x) {
-  // Router math stays in fp32 under autocast: top-k on bf16 scores would tie and flip experts.
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCUDA));
-  auto x32 = x.to(torch::kFloat);
-  if (rule_.kind == RouterKind::KMeans) return torch::mm(x32 / (x32.norm(2, -1, true) + kNormEps), centroids_.t());
-  return proj_(x32);
-}
-
 Routing RouterImpl::forward(const torch::Tensor& x) {
-  auto s = scores(x);
-  auto r = route_scores(s, rule_, gamma_, selection_bias_);
+  torch::Tensor s;
+  {
+    // Router math stays in fp32 under autocast: top-k on bf16 scores would tie and flip experts.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCUDA));
+    s = scores(x.to(torch::kFloat));
+  }
+  auto r = route(s);
   r.aux_loss = balance_loss(s, r.expert_index);
   if (is_training()) update_balancing_state(x, r);
   return r;
 }
+
+Routing RouterImpl::route(const torch::Tensor& s) { return route_scores(s, rule_, {}, selection_bias_); }
 
 torch::Tensor RouterImpl::balance_loss(const torch::Tensor& s, const torch::Tensor& expert_index) const {
   auto loss = torch::zeros({}, s.options());
@@ -128,19 +123,7 @@ void RouterImpl::update_balancing_state(const torch::Tensor& x, const Routing& r
     auto load = counts.to(torch::kFloat);
     selection_bias_ += config_.bias_update_rate * torch::sign(load.mean() - load);
   }
-  if (rule_.kind == RouterKind::KMeans) {
-    // Each centroid moves toward the mean direction of the tokens routed to it; unused ones stay.
-    auto x32 = x.to(torch::kFloat);
-    auto unit = x32 / (x32.norm(2, -1, true) + kNormEps);
-    auto k = r.expert_index.size(1);
-    auto sums = torch::zeros_like(centroids_).index_add_(0, r.expert_index.flatten(), unit.repeat_interleave(k, 0));
-    auto hit = (counts > 0).unsqueeze(1).to(torch::kFloat);
-    auto means = sums / counts.clamp_min(1).unsqueeze(1).to(torch::kFloat);
-    const double decay = config_.centroid_decay;
-    auto moved = decay * centroids_ + (1 - decay) * means;
-    moved = moved / (moved.norm(2, -1, true) + kNormEps);
-    centroids_.copy_(hit * moved + (1 - hit) * centroids_);
-  }
+  learn(x, r, counts);
 }
 
 std::vector<torch::Tensor> RouterImpl::statistics() const {
@@ -148,13 +131,9 @@ std::vector<torch::Tensor> RouterImpl::statistics() const {
 }
 
 std::vector<torch::Tensor> RouterImpl::balancing_state() const {
-  std::vector<torch::Tensor> state;
-  for (const auto& t : {selection_bias_, centroids_})
-    if (t.defined()) state.push_back(t);
-  return state;
+  if (selection_bias_.defined()) return {selection_bias_};
+  return {};
 }
-
-torch::Tensor RouterImpl::direction_rows() const { return centroids_.defined() ? centroids_ : proj_->weight; }
 
 RoutingSnapshot RouterImpl::take_snapshot() {
   torch::NoGradGuard no_grad;

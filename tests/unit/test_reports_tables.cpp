@@ -12,6 +12,7 @@
 
 #include "db/store.hpp"
 #include "engine/config/job_config.hpp"
+#include "engine/config/router_registry.hpp"
 #include "reports/report.hpp"
 #include "reports/statistics.hpp"
 #include "reports/sweep_results.hpp"
@@ -294,6 +295,40 @@ TEST(ReportCommand, WritesEveryFormatAndListsMissingJobs) {
   ASSERT_EQ(missing.size(), 2u);
   EXPECT_EQ(row_where(missing, {{"router", "dense"}}).at("why"), "exit 3: loss became NaN");
   EXPECT_EQ(row_where(missing, {{"router", "sigmoid"}}).at("status"), "queued");
+}
+
+// A sweep with every router the registry names (the store reads jobs in id order): the report's rows
+// follow the registry's order, and
+// each plotted series carries its router's registry colour, which plot.py draws with.
+TEST(ReportCommand, RoutersFollowTheRegistrysOrderAndColours) {
+  Fixture f("registry");
+  std::vector<std::string> expected;
+  for (auto& row : router_rows()) {
+    std::vector<std::string> names = {row.name};
+    for (auto& v : row.variants)
+      if (v.alias) names.push_back(row.name + v.suffix);
+    for (auto& name : names) {
+      f.val(f.add_job("every", {"model.router=" + name}, "done"), 200, 4.0);
+      expected.push_back(name);
+    }
+  }
+  const auto out = f.dir / "report";
+  auto result = run_moelab("report every --study routers --db " + (f.dir / "moelab.db").string() + " --out " + out.string());
+  ASSERT_EQ(result.code, 0) << result.output;
+  std::vector<std::string> rows;
+  for (auto& row : read_csv(std::string((std::istreambuf_iterator<char>(std::ifstream(out / "routers.csv").rdbuf())), {})))
+    rows.push_back(row.at("router"));
+  EXPECT_EQ(rows, expected);
+  auto plots = nlohmann::json::parse(std::ifstream(out / "plots" / "plots.json"));
+  auto& series = plots.at("figures").at(0).at("series");
+  ASSERT_EQ(series.size(), expected.size());
+  std::ifstream svg_file(out / "plots" / "val_loss_curves.svg");
+  const std::string svg((std::istreambuf_iterator<char>(svg_file)), {});
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(series[i].at("label"), expected[i]);
+    EXPECT_EQ(series[i].at("colour"), router_colour(expected[i])) << expected[i];
+    EXPECT_NE(svg.find(router_colour(expected[i])), std::string::npos) << expected[i] << " is not drawn in its colour";
+  }
 }
 
 TEST(ReportCommand, BadInputsNameTheProblem) {

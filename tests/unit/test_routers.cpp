@@ -8,14 +8,15 @@
 
 #include "engine/model/kern_gate.hpp"
 #include "engine/model/router.hpp"
+#include "engine/model/routers/kern_router.hpp"
 #include "kern_gate_cases.hpp"
 
 using namespace moelab;
 
 namespace {
 
-GateRule rule(RouterKind kind, int k, bool renormalize = false, KernOptions kern = {}) {
-  return GateRule{kind, k, renormalize, kern};
+GateRule rule(const std::string& router, int k, bool renormalize = false, KernOptions kern = {}) {
+  return GateRule{router, k, renormalize, kern};
 }
 
 torch::Tensor logits() { return torch::tensor({1.0, 2.0, -1.0, 0.5}, torch::kFloat64).unsqueeze(0); }
@@ -33,34 +34,34 @@ void expect_route(const Routing& r, std::vector<int64_t> index, std::vector<doub
 
 // exp(1), exp(2), exp(-1), exp(0.5) = 2.718282, 7.389056, 0.367879, 1.648721; sum 12.123939.
 TEST(Router, SoftmaxKeepsTopProbabilities) {
-  expect_route(route_scores(logits(), rule(RouterKind::Softmax, 2), {}), {1, 0}, {0.609460, 0.224208});
+  expect_route(route_scores(logits(), rule("softmax", 2), {}), {1, 0}, {0.609460, 0.224208});
 }
 
 // Renormalised over the two kept: e^2 / (e^2 + e^1) = sigmoid(1) = 0.731059.
 TEST(Router, SoftmaxRenormalisedSumsToOne) {
-  expect_route(route_scores(logits(), rule(RouterKind::Softmax, 2, true), {}), {1, 0}, {0.731059, 0.268941});
+  expect_route(route_scores(logits(), rule("softmax", 2, true), {}), {1, 0}, {0.731059, 0.268941});
 }
 
 TEST(Router, SigmoidAndTanhGateTheKeptScores) {
-  expect_route(route_scores(logits(), rule(RouterKind::Sigmoid, 2), {}), {1, 0}, {0.880797, 0.731059});
-  expect_route(route_scores(logits(), rule(RouterKind::Tanh, 3), {}), {1, 0, 3}, {0.964028, 0.761594, 0.462117});
+  expect_route(route_scores(logits(), rule("sigmoid", 2), {}), {1, 0}, {0.880797, 0.731059});
+  expect_route(route_scores(logits(), rule("tanh", 3), {}), {1, 0, 3}, {0.964028, 0.761594, 0.462117});
 }
 
 // ||s|| = sqrt(1 + 4 + 1 + 0.25) = 2.5; s / ||s|| = (0.4, 0.8, -0.4, 0.2); times gamma 1.5.
 TEST(Router, KernNormalisesRectifiesAndScales) {
-  expect_route(route_scores(logits(), rule(RouterKind::Kern, 2), kern_gamma(1.5)), {1, 0}, {1.2, 0.6});
+  expect_route(route_scores(logits(), rule("kern", 2), kern_gamma(1.5)), {1, 0}, {1.2, 0.6});
 }
 
 // With k = 4 the fourth expert is still chosen although ReLU zeroed its gate.
 TEST(Router, KernKeepsZeroGatesAmongTheTopK) {
-  auto r = route_scores(logits(), rule(RouterKind::Kern, 4), kern_gamma(1.0));
+  auto r = route_scores(logits(), rule("kern", 4), kern_gamma(1.0));
   expect_route(r, {1, 0, 3, 2}, {0.8, 0.4, 0.2, 0.0});
   EXPECT_EQ((r.gate > 0).sum().item().toLong(), 3);
 }
 
 TEST(Router, KernWithoutReluKeepsNegativeGates) {
   KernOptions no_relu{.relu = false};
-  expect_route(route_scores(logits(), rule(RouterKind::Kern, 4, false, no_relu), kern_gamma(1.0)), {1, 0, 3, 2},
+  expect_route(route_scores(logits(), rule("kern", 4, false, no_relu), kern_gamma(1.0)), {1, 0, 3, 2},
                {0.8, 0.4, 0.2, -0.4});
 }
 
@@ -69,16 +70,16 @@ TEST(Router, KernAfterTopKNormalisesOnlyTheKeptScores) {
   auto s = torch::tensor({3.0, -4.0, 0.5, 0.0}, torch::kFloat64).unsqueeze(0);
   KernOptions after{.after_topk = true};
   const double kept_norm = std::sqrt(9.0 + 0.25), full_norm = std::sqrt(25.25);
-  expect_route(route_scores(s, rule(RouterKind::Kern, 2, false, after), kern_gamma(1.0)), {0, 2},
+  expect_route(route_scores(s, rule("kern", 2, false, after), kern_gamma(1.0)), {0, 2},
                {3.0 / kept_norm, 0.5 / kept_norm});
-  expect_route(route_scores(s, rule(RouterKind::Kern, 2), kern_gamma(1.0)), {0, 2}, {3.0 / full_norm, 0.5 / full_norm});
+  expect_route(route_scores(s, rule("kern", 2), kern_gamma(1.0)), {0, 2}, {3.0 / full_norm, 0.5 / full_norm});
 }
 
 // A token whose scores are all zero has no direction: its gates come out uniform, gamma / sqrt(E),
 // and its gradients finite, instead of 0 / 0. The other token's gates are unaffected.
 TEST(Router, KernGivesAnAllZeroRowUniformGates) {
   auto s = torch::cat({torch::zeros({1, 4}, torch::kFloat64), logits()}).requires_grad_(true);
-  auto r = route_scores(s, rule(RouterKind::Kern, 2), kern_gamma(1.0));
+  auto r = route_scores(s, rule("kern", 2), kern_gamma(1.0));
   EXPECT_TRUE(torch::allclose(r.gate[0], torch::full({2}, 0.5, torch::kFloat64), 1e-9, 1e-9)) << r.gate;
   EXPECT_TRUE(torch::allclose(r.gate[1], torch::tensor({0.8, 0.4}, torch::kFloat64), 1e-7, 1e-7)) << r.gate;
   r.gate.sum().backward();
@@ -88,21 +89,21 @@ TEST(Router, KernGivesAnAllZeroRowUniformGates) {
 // A selection bias changes which experts are chosen but the gates stay the unbiased KERN values.
 TEST(Router, SelectionBiasChoosesButDoesNotGate) {
   auto bias = torch::tensor({0.0, 0.0, 0.0, 1.0}, torch::kFloat64);
-  expect_route(route_scores(logits(), rule(RouterKind::Kern, 2), kern_gamma(1.0), bias), {3, 1}, {0.2, 0.8});
+  expect_route(route_scores(logits(), rule("kern", 2), kern_gamma(1.0), bias), {3, 1}, {0.2, 0.8});
 }
 
 TEST(Router, KMeansGatesAreUniformOverTheChosen) {
   auto cosine = torch::tensor({0.1, 0.9, -0.3, 0.5}, torch::kFloat64).unsqueeze(0);
-  expect_route(route_scores(cosine, rule(RouterKind::KMeans, 2), {}), {1, 3}, {0.5, 0.5});
+  expect_route(route_scores(cosine, rule("kmeans", 2), {}), {1, 3}, {0.5, 0.5});
 }
 
 // d(sum w * gate) / d(scores, gamma) from autograd against central differences, fp64.
 TEST(Router, GradientsMatchFiniteDifferences) {
   torch::manual_seed(3);
-  std::vector<GateRule> rules = {rule(RouterKind::Softmax, 3), rule(RouterKind::Softmax, 3, true),
-                                 rule(RouterKind::Sigmoid, 3), rule(RouterKind::Tanh, 3), rule(RouterKind::Kern, 3),
-                                 rule(RouterKind::Kern, 3, false, {.relu = false}),
-                                 rule(RouterKind::Kern, 3, false, {.after_topk = true})};
+  std::vector<GateRule> rules = {rule("softmax", 3), rule("softmax", 3, true),
+                                 rule("sigmoid", 3), rule("tanh", 3), rule("kern", 3),
+                                 rule("kern", 3, false, {.relu = false}),
+                                 rule("kern", 3, false, {.after_topk = true})};
   for (auto& r : rules) {
     auto s = torch::randn({5, 8}, torch::kFloat64).requires_grad_(true);
     auto g = torch::full({}, 1.3, torch::kFloat64).requires_grad_(true);
@@ -118,9 +119,9 @@ TEST(Router, GradientsMatchFiniteDifferences) {
       auto plus = flat.clone(), minus = flat.clone();
       plus[i] += h, minus[i] -= h;
       double numeric = (objective(plus.view({5, 8}), g).item<double>() - objective(minus.view({5, 8}), g).item<double>()) / (2 * h);
-      EXPECT_NEAR(s.grad().flatten()[i].item<double>(), numeric, 1e-6) << "router kind " << int(r.kind) << " score " << i;
+      EXPECT_NEAR(s.grad().flatten()[i].item<double>(), numeric, 1e-6) << "router " << r.router << " score " << i;
     }
-    if (r.kind == RouterKind::Kern) {
+    if (r.router == "kern") {
       double numeric = (objective(s, g + h).item<double>() - objective(s, g - h).item<double>()) / (2 * h);
       EXPECT_NEAR(g.grad().item<double>(), numeric, 1e-6);
     }
@@ -152,7 +153,7 @@ TEST(Router, MonteCarloScaleAgreesWithAnIndependentEstimate) {
     sum += x, sum_sq += x * x, ++used;
   }
   const double mean = sum / used, standard_error = std::sqrt((sum_sq / used - mean * mean) / used);
-  const double ours = kern_monte_carlo_scale(E, rule(RouterKind::Kern, k), 20000, 7);
+  const double ours = kern_monte_carlo_scale(E, rule("kern", k), 20000, 7);
   EXPECT_NEAR(ours, mean, 5 * standard_error * std::sqrt(1.0 + double(used) / 20000));
   EXPECT_GT(ours, 1.0);  // the kept part of a unit vector has norm below 1
 }
